@@ -1,0 +1,5 @@
+import sys
+
+from utuvox.cli import main
+
+sys.exit(main())

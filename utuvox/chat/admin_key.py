@@ -1,0 +1,43 @@
+"""The admin key: made at random on first run, kept in ``admin_key.txt`` (mode 0600), compared in
+constant time, never logged."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+import trio
+
+
+class AdminKey:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key = ""
+
+    def load_or_create(self) -> str:
+        """Read the key, or make one on first run. Synchronous: called once at startup."""
+        if self.path.exists():
+            self._key = self.path.read_text(encoding="utf-8").strip()
+        if not self._key:
+            self._key = secrets.token_urlsafe(24)
+            self._write(self._key)
+        return self._key
+
+    def _write(self, key: str) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        os.chmod(self.path, 0o600)
+
+    def matches(self, candidate: str) -> bool:
+        return bool(self._key) and hmac.compare_digest(candidate.encode(), self._key.encode())
+
+    async def change(self, new_key: str) -> None:
+        await trio.to_thread.run_sync(self._write, new_key)
+        self._key = new_key

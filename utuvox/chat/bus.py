@@ -1,0 +1,53 @@
+"""Fan-out: who is subscribed to which room, and delivering an event to all of them.
+
+The chat layer talks to this interface only, so that several server processes can later share rooms
+through Redis or NATS pub/sub behind the same three calls. ``LocalBus`` is the in-process one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from .session import Session
+from .wire import Wire
+
+
+class Bus(Protocol):
+    def subscribe(self, room_key: str, session: Session) -> None: ...
+    def unsubscribe(self, room_key: str, session: Session) -> None: ...
+    def publish(self, room_key: str, wire: Wire) -> None: ...
+    def members(self, room_key: str) -> Iterable[Session]: ...
+    def drop_room(self, room_key: str) -> list[Session]: ...
+
+
+class LocalBus:
+    def __init__(self) -> None:
+        # dicts keep insertion order and make removal O(1)
+        self._rooms: dict[str, dict[Session, None]] = {}
+        self.deliveries = 0
+
+    def subscribe(self, room_key: str, session: Session) -> None:
+        self._rooms.setdefault(room_key, {})[session] = None
+
+    def unsubscribe(self, room_key: str, session: Session) -> None:
+        members = self._rooms.get(room_key)
+        if members is not None:
+            members.pop(session, None)
+            if not members:
+                del self._rooms[room_key]
+
+    def publish(self, room_key: str, wire: Wire) -> None:
+        members = self._rooms.get(room_key)
+        if not members:
+            return
+        # A delivery may close a slow member, which unsubscribes it: iterate over a snapshot.
+        for session in tuple(members):
+            session.peer.deliver(wire)
+        self.deliveries += len(members)
+
+    def members(self, room_key: str) -> Iterable[Session]:
+        return tuple(self._rooms.get(room_key, ()))
+
+    def drop_room(self, room_key: str) -> list[Session]:
+        return list(self._rooms.pop(room_key, {}))

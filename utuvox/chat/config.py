@@ -1,0 +1,18 @@
+"""The limits and tunables of the chat domain. Every limit is a named setting (see utuvox.settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    max_message_chars: int = 4000
+    join_history: int = 50  # events shown on join
+    recent_cache: int = 200  # events of each room kept in memory for joins and recent pages
+    history_page_max: int = 500
+    # argon2id, OWASP's recommendation: 19 MiB, 2 iterations, 1 lane.
+    argon2_memory_kib: int = 19 * 1024
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+    hash_threads: int = 2  # concurrent hashes; each takes argon2_memory_kib of RAM

@@ -1,0 +1,416 @@
+"""The chat domain: accounts, rooms, membership, messages, history. Rules, not sockets.
+
+A session hands :meth:`Chat.handle` a validated request; the answer is a reply (or ``None`` when the
+reply is sent later, as for a message, which is acknowledged only once committed). Events go out
+through the bus. Handlers for other capabilities (files, administration) register themselves in
+:attr:`Chat.handlers` from their own modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from utuvox.protocol import Code, ProtocolError, Reply, Request, iso
+from utuvox.protocol import core as p
+from utuvox.protocol.schema import SERVER_FRAME
+from utuvox.protocol.text_codec import COMMANDS
+from utuvox.store import Conflict, Store, StoredEvent, StoreError
+
+from .admin_key import AdminKey
+from .bus import Bus
+from .config import ChatConfig
+from .passwords import Passwords
+from .rooms import Room
+from .session import Identity, Session
+from .wire import Wire
+
+log = logging.getLogger("utuvox.chat")
+
+Handler = Callable[[Session, Any], Awaitable[Reply | None]]
+
+
+class Chat:
+    def __init__(self, store: Store, bus: Bus, config: ChatConfig, admin_key: AdminKey) -> None:
+        self.store = store
+        self.bus = bus
+        self.config = config
+        self.admin_key = admin_key
+        self.passwords = Passwords(config)
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[int, Session] = {}
+        self.by_user: dict[str, dict[Session, None]] = {}
+        self.started_at = datetime.now(UTC)
+        self.messages_sent = 0
+        self.handlers: dict[str, Handler] = {
+            "register": self._register,
+            "login": self._login,
+            "changepassword": self._change_password,
+            "create": self._create,
+            "join": self._join,
+            "leave": self._leave,
+            "message": self._message,
+            "msg": self._msg,
+            "history": self._history,
+            "list_all_users": self._list_all_users,
+            "list_users_in_room": self._list_users_in_room,
+            "list_all_rooms": self._list_all_rooms,
+            "whoami": self._whoami,
+            "whereami": self._whereami,
+            "help": self._help,
+            "ping": self._ping,
+            "quit": self._quit,
+        }
+        # Called with (session) when a session ends, by capabilities that hold per-session state.
+        self.on_disconnect: list[Callable[[Session], Awaitable[None]]] = []
+
+    async def start(self) -> None:
+        """Load the rooms and their sequence counters."""
+        for record in await self.store.list_rooms():
+            last = await self.store.last_seq(record.id)
+            self.rooms[record.name.lower()] = Room(record.id, record.name, last + 1, self.config.recent_cache)
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def connect(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    async def disconnect(self, session: Session) -> None:
+        """The connection is gone: leave its rooms (telling the others) and forget it."""
+        self.sessions.pop(session.id, None)
+        for hook in self.on_disconnect:
+            await hook(session)
+        for room_name in list(session.rooms):
+            room = self.rooms.get(room_name.lower())
+            if room is not None:
+                await self._part(session, room)
+        session.rooms.clear()
+        self._forget_user(session)
+
+    def _forget_user(self, session: Session) -> None:
+        if session.user is None:
+            return
+        sessions = self.by_user.get(session.user.key)
+        if sessions is not None:
+            sessions.pop(session, None)
+            if not sessions:
+                del self.by_user[session.user.key]
+
+    def _sign_in(self, session: Session, identity: Identity) -> None:
+        session.user = identity
+        self.by_user.setdefault(identity.key, {})[session] = None
+
+    def sessions_of(self, username: str) -> list[Session]:
+        return list(self.by_user.get(username.lower(), ()))
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    async def handle(self, session: Session, request: Request) -> Reply | None:
+        handler = self.handlers.get(request.type)
+        if handler is None:
+            raise ProtocolError(Code.UNKNOWN_TYPE, f"Unknown type: {request.type}.")
+        if type(request).admin_only and not session.is_operator:
+            raise ProtocolError(Code.FORBIDDEN, "Permission denied: that command is for admins only.")
+        if not type(request).anonymous and session.user is None and session.transport != "admin":
+            raise ProtocolError(Code.NOT_LOGGED_IN, "You must log in first: /login <username> <password>.")
+        try:
+            return await handler(session, request)
+        except StoreError as exc:
+            log.error("storage error on %s: %s", request.type, exc)
+            raise ProtocolError(Code.STORAGE, "The server could not store that; nothing was changed.") from None
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def identity(session: Session) -> Identity:
+        if session.user is None:
+            raise ProtocolError(Code.NOT_LOGGED_IN, "You must log in first: /login <username> <password>.")
+        return session.user
+
+    def room(self, name: str) -> Room:
+        room = self.rooms.get(name.lower())
+        if room is None:
+            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{name}' does not exist.")
+        return room
+
+    def my_room(self, session: Session, name: str | None) -> Room:
+        """The named room, or the current one; the session must be in it."""
+        name = name or session.current_room
+        if name is None:
+            raise ProtocolError(Code.NOT_IN_ROOM, "You are not in any room. Join one with /join <room>.")
+        room = self.room(name)
+        if room.name not in session.rooms:
+            raise ProtocolError(Code.NOT_IN_ROOM, f"You are not in room '{room.name}'.")
+        return room
+
+    def user_in_room(self, room: Room, username: str, *, besides: Session | None = None) -> bool:
+        key = username.lower()
+        return any(s.user is not None and s.user.key == key and s is not besides
+                   for s in self.bus.members(room.key))
+
+    def publish(self, room: Room, wire: Wire) -> None:
+        room.remember(wire.event)  # type: ignore[arg-type]
+        self.bus.publish(room.key, wire)
+
+    def record(self, room: Room, event: p.MessageEvent | p.JoinEvent | p.LeaveEvent | p.FileEvent,
+               on_done: Callable[[BaseException | None], None] | None = None) -> Wire:
+        """Queue a room event for commit; once durable it is remembered and published, then
+        ``on_done(None)`` runs (or ``on_done(error)`` and nothing is published)."""
+        wire = Wire(event)
+
+        def committed(error: BaseException | None) -> None:
+            if error is None and not room.deleted:
+                self.publish(room, wire)
+            if on_done is not None:
+                on_done(error)
+
+        stored = StoredEvent(room.id, event.seq, iso(event.ts), event.type, event.user, wire.json[:-1].decode())
+        self.store.submit_event(stored, committed)
+        return wire
+
+    async def record_and_wait(self, room: Room, make: Callable[[int], Any]) -> None:
+        """Commit a room event built by ``make(seq)`` and wait until it is durable and published."""
+        await self.store.wait_for_room()
+        done = trio.Event()
+        failure: list[BaseException] = []
+
+        def on_done(error: BaseException | None) -> None:
+            if error is not None:
+                failure.append(error)
+            done.set()
+
+        self.record(room, make(room.take_seq()), on_done)
+        await done.wait()
+        if failure:
+            raise StoreError(str(failure[0]))
+
+    async def ensure_loaded(self, room: Room) -> None:
+        if room.loaded:
+            return
+        async with room.load_lock:
+            if room.loaded:
+                return
+            stored = await self.store.history(room.id, before=None, limit=self.config.recent_cache)
+            room.merge_loaded([self.parse_event(s) for s in stored])
+
+    @staticmethod
+    def parse_event(stored: StoredEvent) -> Any:
+        return SERVER_FRAME.validate_json(stored.body)
+
+    def unique_users(self, room: Room) -> list[p.UserInfo]:
+        seen: dict[str, p.UserInfo] = {}
+        for s in self.bus.members(room.key):
+            if s.user is not None and s.user.key not in seen:
+                seen[s.user.key] = p.UserInfo(name=s.user.name, is_admin=s.user.is_admin, is_bot=s.user.is_bot)
+        return sorted(seen.values(), key=lambda u: u.name.lower())
+
+    # --- accounts -------------------------------------------------------------------------------
+
+    async def _register(self, session: Session, req: p.Register) -> Reply:
+        if session.user is not None:
+            raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
+        is_admin = False
+        if req.admin_key is not None:
+            if not self.admin_key.matches(req.admin_key):
+                raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
+            is_admin = True
+        if await self.store.get_user(req.username) is not None:
+            raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
+        hashed = await self.passwords.hash(req.password)
+        try:
+            user = await self.store.create_user(req.username, hashed, is_admin=is_admin, is_bot=req.bot)
+        except Conflict:
+            raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.") from None
+        self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
+        log.info("registered %s (admin=%s, bot=%s) from %s", user.name, is_admin, req.bot, session.address)
+        if is_admin:
+            await self.store.add_admin_log(actor=user.name, via=session.transport, action="register_admin",
+                                           target=user.name, outcome="ok", detail=None)
+        return p.LoggedIn(re=req.id, user=user.name, is_admin=user.is_admin, is_bot=user.is_bot, registered=True)
+
+    async def _login(self, session: Session, req: p.Login) -> Reply:
+        if session.user is not None:
+            raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
+        user = await self.store.get_user(req.username)
+        ok = await self.passwords.verify(user.password_hash if user else None, req.password)
+        if not ok or user is None:
+            log.info("failed login for %r from %s", req.username, session.address)
+            raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
+        if user.banned:
+            log.info("banned user %s refused from %s", user.name, session.address)
+            reason = f": {user.ban_reason}" if user.ban_reason else "."
+            raise ProtocolError(Code.BANNED, f"You are banned from this server{reason}")
+        if self.passwords.needs_rehash(user.password_hash):
+            await self.store.update_user(user.name, password_hash=await self.passwords.hash(req.password))
+        self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
+        log.info("login %s from %s (%s)", user.name, session.address, session.transport)
+        return p.LoggedIn(re=req.id, user=user.name, is_admin=user.is_admin, is_bot=user.is_bot)
+
+    async def _change_password(self, session: Session, req: p.ChangePassword) -> Reply:
+        me = self.identity(session)
+        user = await self.store.get_user(me.name)
+        if user is None or not await self.passwords.verify(user.password_hash, req.old_password):
+            raise ProtocolError(Code.AUTH_FAILED, "The old password is wrong.")
+        await self.store.update_user(me.name, password_hash=await self.passwords.hash(req.new_password))
+        log.info("password changed for %s", me.name)
+        return p.Ok(re=req.id)
+
+    # --- rooms ----------------------------------------------------------------------------------
+
+    async def _create(self, session: Session, req: p.Create) -> Reply:
+        me = self.identity(session)
+        if req.room.lower() in self.rooms:
+            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.")
+        try:
+            record = await self.store.create_room(req.room, me.name)
+        except Conflict:
+            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.") from None
+        room = Room(record.id, record.name, 1, self.config.recent_cache)
+        room.loaded = True
+        self.rooms[room.key] = room
+        log.info("room %s created by %s", room.name, me.name)
+        joined = await self._enter(session, room, req)
+        return joined.model_copy(update={"created": True})
+
+    async def _join(self, session: Session, req: p.Join) -> Reply:
+        return await self._enter(session, self.room(req.room), req)
+
+    async def _enter(self, session: Session, room: Room, req: Request) -> p.Joined:
+        me = self.identity(session)
+        if room.name in session.rooms:
+            session.rooms.remove(room.name)
+            session.rooms.append(room.name)  # already in: it becomes the current room
+        else:
+            await self.ensure_loaded(room)
+            if not self.user_in_room(room, me.name):
+                await self.record_and_wait(
+                    room, lambda seq: p.JoinEvent(room=room.name, seq=seq, user=me.name))
+            if room.deleted:
+                raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
+            # From the snapshot to the subscription there is no await: nothing can fall between them.
+            self.bus.subscribe(room.key, session)
+            session.rooms.append(room.name)
+        recent = list(room.recent)[-self.config.join_history:]
+        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.next_seq - 1)
+
+    async def _part(self, session: Session, room: Room) -> None:
+        self.bus.unsubscribe(room.key, session)
+        if room.name in session.rooms:
+            session.rooms.remove(room.name)
+        me = session.user
+        if me is not None and not room.deleted and not self.user_in_room(room, me.name):
+            try:
+                await self.record_and_wait(room, lambda seq: p.LeaveEvent(room=room.name, seq=seq, user=me.name))
+            except StoreError as exc:
+                log.error("could not record %s leaving %s: %s", me.name, room.name, exc)
+
+    async def _leave(self, session: Session, req: p.Leave) -> Reply:
+        room = self.my_room(session, req.room)
+        await self._part(session, room)
+        return p.Left(re=req.id, room=room.name, current=session.current_room)
+
+    # --- messages -------------------------------------------------------------------------------
+
+    async def _message(self, session: Session, req: p.Message) -> None:
+        me = self.identity(session)
+        room = self.my_room(session, req.room)
+        if not req.text.strip():
+            raise ProtocolError(Code.EMPTY, "Message is empty.")
+        if len(req.text) > self.config.max_message_chars:
+            raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
+        # Back-pressure first, then number and queue the event with no await in between, so sequence
+        # numbers reach the store in order.
+        await self.store.wait_for_room()
+        seq = room.take_seq()
+        event = p.MessageEvent(room=room.name, seq=seq, user=me.name, text=req.text)
+        peer = session.peer
+
+        def acknowledged(error: BaseException | None) -> None:
+            if error is None:
+                self.messages_sent += 1
+                peer.send(p.Ok(re=req.id, room=room.name, seq=seq), req)
+            else:
+                log.error("message not stored in %s: %s", room.name, error)
+                peer.send(p.Error(re=req.id, code=Code.STORAGE, message="The server could not store that message."),
+                          req)
+
+        self.record(room, event, acknowledged)
+        return None
+
+    async def _msg(self, session: Session, req: p.Msg) -> Reply:
+        me = self.identity(session)
+        if len(req.text) > self.config.max_message_chars:
+            raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
+        targets = self.sessions_of(req.to)
+        if not targets:
+            if await self.store.get_user(req.to) is None:
+                raise ProtocolError(Code.NO_SUCH_USER, f"User '{req.to}' does not exist.")
+            raise ProtocolError(Code.USER_OFFLINE, f"User '{req.to}' is not online.")
+        wire = Wire(p.PrivateMessage(user=me.name, to=targets[0].user.name if targets[0].user else req.to,
+                                     text=req.text))
+        for target in targets:
+            target.peer.deliver(wire)
+        return p.Ok(re=req.id)
+
+    async def _history(self, session: Session, req: p.History) -> Reply:
+        room = self.room(req.room)
+        if room.name not in session.rooms and not session.is_operator:
+            raise ProtocolError(Code.NOT_IN_ROOM, f"Join room '{room.name}' to read its history.")
+        limit = min(req.limit or self.config.join_history, self.config.history_page_max)
+        events, more = await self.history_page(room, req.before, limit)
+        return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
+
+    async def history_page(self, room: Room, before: int | None, limit: int) -> tuple[list[Any], bool]:
+        await self.ensure_loaded(room)
+        events = room.page(before, limit)
+        if events is None:
+            stored = await self.store.history(room.id, before=before, limit=limit + 1)
+            more = len(stored) > limit
+            events = [self.parse_event(s) for s in stored[-limit:]]
+        else:
+            more = bool(events) and events[0].seq > 1
+        return events, more
+
+    # --- lists ----------------------------------------------------------------------------------
+
+    async def _list_all_users(self, session: Session, req: p.ListAllUsers) -> Reply:
+        online = [next(iter(sessions)).user for sessions in self.by_user.values() if sessions]
+        users = sorted((p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot) for u in online if u),
+                       key=lambda u: u.name.lower())
+        return p.UserList(re=req.id, users=users)
+
+    async def _list_users_in_room(self, session: Session, req: p.ListUsersInRoom) -> Reply:
+        room = self.room(req.room) if req.room else self.my_room(session, None)
+        return p.UserList(re=req.id, room=room.name, users=self.unique_users(room))
+
+    async def _list_all_rooms(self, session: Session, req: p.ListAllRooms) -> Reply:
+        rooms = [p.RoomInfo(name=r.name, members=len(self.unique_users(r)))
+                 for r in sorted(self.rooms.values(), key=lambda r: r.key)]
+        return p.RoomList(re=req.id, rooms=rooms)
+
+    async def _whoami(self, session: Session, req: p.WhoAmI) -> Reply:
+        me = session.user
+        return p.WhoAmIReply(re=req.id, user=me.name if me else None, is_admin=bool(me and me.is_admin),
+                             is_bot=bool(me and me.is_bot))
+
+    async def _whereami(self, session: Session, req: p.WhereAmI) -> Reply:
+        return p.WhereAmIReply(re=req.id, room=session.current_room, rooms=list(session.rooms))
+
+    async def _help(self, session: Session, req: p.Help) -> Reply:
+        def line(usage: str, description: str) -> str:
+            return f"{usage} - {description}"
+
+        commands = [line(c.usage, c.description) for c in COMMANDS.values() if not c.admin]
+        admin = [line(c.usage, c.description) for c in COMMANDS.values() if c.admin] if session.is_operator else []
+        return p.HelpReply(re=req.id, commands=commands, admin_commands=admin)
+
+    async def _ping(self, session: Session, req: p.Ping) -> Reply:
+        return p.Pong(re=req.id)
+
+    async def _quit(self, session: Session, req: p.Quit) -> None:
+        session.peer.close("Goodbye.", "quit")
+        return None

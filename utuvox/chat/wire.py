@@ -1,0 +1,37 @@
+"""An event ready to go out: encoded once per codec, then the same bytes go to every member."""
+
+from __future__ import annotations
+
+from utuvox.protocol import Event, json_codec, text_codec
+from utuvox.protocol.core import MessageEvent
+
+
+class Wire:
+    __slots__ = ("_json_text", "_text_here", "_text_there", "event", "json", "room")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.room: str | None = getattr(event, "room", None)
+        self.json: bytes = json_codec.encode(event)  # one line, newline included
+        self._json_text: str | None = None
+        self._text_here: bytes | None = None
+        self._text_there: bytes | None = None
+
+    @property
+    def json_text(self) -> str:
+        """The JSON as ``str`` without the newline, for WebSocket text frames."""
+        if self._json_text is None:
+            self._json_text = self.json[:-1].decode()
+        return self._json_text
+
+    def text(self, current_room: str | None) -> bytes:
+        """The text-mode line. Room messages render two ways: in the reader's current room, or
+        prefixed with the room's name; each form is rendered at most once per event."""
+        here = not isinstance(self.event, MessageEvent) or self.room == current_room
+        if here:
+            if self._text_here is None:
+                self._text_here = text_codec.render(self.event, current_room=self.room).encode()
+            return self._text_here
+        if self._text_there is None:
+            self._text_there = text_codec.render(self.event, current_room=None).encode()
+        return self._text_there

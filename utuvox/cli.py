@@ -1,0 +1,78 @@
+"""``utuvox serve`` runs the server; ``utuvox schema`` prints the protocol's JSON Schema;
+``utuvox client`` runs the terminal client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from utuvox.server.app import Server
+    from utuvox.server.settings import Settings
+    from utuvox.store import StoreError
+
+    overrides = {k: v for k, v in {
+        "host": args.host, "port": args.port, "ws_port": args.ws_port, "data_dir": args.data_dir,
+        "log_level": args.log_level, "admin_socket": args.admin_socket,
+    }.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        trio.run(Server(settings, announce=announce).run)
+    except StoreError as exc:
+        print(f"utuvox: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"utuvox: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from utuvox.protocol.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="utuvox", description="UtuVox chat server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port for text mode and JSON lines (default 9090; 0: any)")
+    serve.add_argument("--ws-port", type=int, help="WebSocket port (default 9091; 0: any)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (default: the current directory)")
+    serve.add_argument("--admin-socket", type=Path, help="operators' Unix socket (default DATA_DIR/admin.sock)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    serve.set_defaults(func=_serve)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the protocol")
+    schema.set_defaults(func=_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

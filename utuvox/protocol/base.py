@@ -1,0 +1,54 @@
+"""The base classes every frame of the protocol derives from.
+
+A frame is a JSON object with a ``type``. Client-to-server frames are *requests*; they may carry an
+``id`` (any short string or integer the client picks), which comes back as ``re`` on the direct answer,
+so a bot can keep many requests in flight. Server-to-client frames are *replies* (they carry ``re``)
+and *events* (things that happened: a message, a join...), which carry a UTC timestamp ``ts``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+RequestId = int | Annotated[str, StringConstraints(max_length=64)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, the form every timestamp on the wire takes."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Frame(BaseModel):
+    # Unknown fields are refused rather than dropped so that a typo in a bot (``"romo"``) is an
+    # error the author sees, not a silently ignored field.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+class Request(Frame):
+    id: RequestId | None = None
+    # Requests an operator alone may make (admin socket, or a chat session of an admin user).
+    admin_only: ClassVar[bool] = False
+    # Requests allowed before login.
+    anonymous: ClassVar[bool] = False
+
+
+class Reply(Frame):
+    re: RequestId | None = None
+
+
+class Event(Frame):
+    """Something that happened. Room events carry the room and its per-room sequence number."""
+
+    ts: datetime = Field(default_factory=utc_now)

@@ -1,0 +1,308 @@
+"""The core frames: accounts, rooms, messages, history, lists.
+
+Request types are the original UtuVox command names without the slash, so that text mode and JSON
+map one to one. Field names here are public API: bots are written against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from .base import Event, Reply, Request
+from .names import Name, Password
+
+Text = Annotated[str, StringConstraints(min_length=1)]
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+class Register(Request):
+    type: Literal["register"] = "register"
+    username: Name
+    password: Password
+    admin_key: str | None = None
+    bot: bool = False
+    anonymous: ClassVar[bool] = True
+
+
+class Login(Request):
+    type: Literal["login"] = "login"
+    username: Name
+    password: Password
+    anonymous: ClassVar[bool] = True
+
+
+class ChangePassword(Request):
+    type: Literal["changepassword"] = "changepassword"
+    old_password: Password
+    new_password: Password
+
+
+class Create(Request):
+    type: Literal["create"] = "create"
+    room: Name
+
+
+class Join(Request):
+    type: Literal["join"] = "join"
+    room: Name
+
+
+class Leave(Request):
+    type: Literal["leave"] = "leave"
+    room: Name | None = None
+
+
+class Message(Request):
+    type: Literal["message"] = "message"
+    text: Text
+    room: Name | None = None
+
+
+class Msg(Request):
+    """A private message to every session of one user."""
+
+    type: Literal["msg"] = "msg"
+    to: Name
+    text: Text
+
+
+class History(Request):
+    type: Literal["history"] = "history"
+    room: Name
+    before: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=500)
+
+
+class ListAllUsers(Request):
+    type: Literal["list_all_users"] = "list_all_users"
+
+
+class ListUsersInRoom(Request):
+    type: Literal["list_users_in_room"] = "list_users_in_room"
+    room: Name | None = None
+
+
+class ListAllRooms(Request):
+    type: Literal["list_all_rooms"] = "list_all_rooms"
+
+
+class WhoAmI(Request):
+    type: Literal["whoami"] = "whoami"
+    anonymous: ClassVar[bool] = True
+
+
+class WhereAmI(Request):
+    type: Literal["whereami"] = "whereami"
+    anonymous: ClassVar[bool] = True
+
+
+class Help(Request):
+    type: Literal["help"] = "help"
+    anonymous: ClassVar[bool] = True
+
+
+class Quit(Request):
+    type: Literal["quit"] = "quit"
+    anonymous: ClassVar[bool] = True
+
+
+class Ping(Request):
+    """Keepalive and round-trip probe; answered with ``pong``."""
+
+    type: Literal["ping"] = "ping"
+    anonymous: ClassVar[bool] = True
+
+
+# --- replies ------------------------------------------------------------------------------------
+
+
+class Ok(Reply):
+    """Success with nothing more to say. For ``message``, also the room and sequence number stored."""
+
+    type: Literal["ok"] = "ok"
+    room: str | None = None
+    seq: int | None = None
+
+
+class Error(Reply):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+class LoggedIn(Reply):
+    """Answer to ``register`` and ``login``."""
+
+    type: Literal["logged_in"] = "logged_in"
+    user: str
+    is_admin: bool = False
+    is_bot: bool = False
+    registered: bool = False
+
+
+class UserInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    is_admin: bool = False
+    is_bot: bool = False
+
+
+class RoomInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    members: int = 0
+
+
+class Joined(Reply):
+    """Answer to ``join`` and ``create``: the room's recent history, oldest first."""
+
+    type: Literal["joined"] = "joined"
+    room: str
+    created: bool = False
+    history: list[RoomEventUnion] = Field(default_factory=list)
+    last_seq: int = 0
+
+
+class Left(Reply):
+    type: Literal["left"] = "left"
+    room: str
+    current: str | None = None
+
+
+class HistoryPage(Reply):
+    """A page of a room's history, oldest first. ``more`` says whether older events exist."""
+
+    type: Literal["history_page"] = "history_page"
+    room: str
+    events: list[RoomEventUnion]
+    more: bool
+
+
+class UserList(Reply):
+    """Online users (each once) for ``list_all_users``; a room's members for ``list_users_in_room``."""
+
+    type: Literal["user_list"] = "user_list"
+    room: str | None = None
+    users: list[UserInfo]
+
+
+class RoomList(Reply):
+    type: Literal["room_list"] = "room_list"
+    rooms: list[RoomInfo]
+
+
+class WhoAmIReply(Reply):
+    type: Literal["you_are"] = "you_are"
+    user: str | None
+    is_admin: bool = False
+    is_bot: bool = False
+
+
+class WhereAmIReply(Reply):
+    type: Literal["you_are_in"] = "you_are_in"
+    room: str | None
+    rooms: list[str] = Field(default_factory=list)
+
+
+class HelpReply(Reply):
+    type: Literal["help_text"] = "help_text"
+    commands: list[str]
+    admin_commands: list[str] = Field(default_factory=list)
+
+
+class Pong(Reply):
+    type: Literal["pong"] = "pong"
+
+
+class Goodbye(Reply):
+    """The server is closing this connection; ``reason`` says why (quit, ban, kick, slow, shutdown)."""
+
+    type: Literal["bye"] = "bye"
+    reason: str
+    code: str = "bye"
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+class RoomEvent(Event):
+    room: str
+    seq: int
+    user: str
+
+
+class MessageEvent(RoomEvent):
+    type: Literal["message"] = "message"
+    text: str
+
+
+class JoinEvent(RoomEvent):
+    type: Literal["join"] = "join"
+
+
+class LeaveEvent(RoomEvent):
+    type: Literal["leave"] = "leave"
+
+
+class FileEvent(RoomEvent):
+    """A file was uploaded to (``action="upload"``) or downloaded from a room."""
+
+    type: Literal["file"] = "file"
+    action: Literal["upload", "download"] = "upload"
+    name: str
+    original: str
+    size: int
+    sha256: str
+
+
+RoomEventUnion = Annotated[MessageEvent | JoinEvent | LeaveEvent | FileEvent, Field(discriminator="type")]
+
+
+class PrivateMessage(Event):
+    type: Literal["msg"] = "msg"
+    user: str
+    to: str
+    text: str
+
+
+class RoomDeleted(Event):
+    type: Literal["room_deleted"] = "room_deleted"
+    room: str
+    by: str
+
+
+class Announcement(Event):
+    type: Literal["announce"] = "announce"
+    text: str
+    room: str | None = None
+    by: str
+
+
+class Notice(Event):
+    """A line from the server for people (welcome text, shutdown warning...)."""
+
+    type: Literal["notice"] = "notice"
+    text: str
+
+
+Joined.model_rebuild()
+HistoryPage.model_rebuild()
+
+REQUESTS: list[type[Request]] = [
+    Register, Login, ChangePassword, Create, Join, Leave, Message, Msg, History,
+    ListAllUsers, ListUsersInRoom, ListAllRooms, WhoAmI, WhereAmI, Help, Quit, Ping,
+]  # fmt: skip
+REPLIES: list[type[Reply]] = [
+    Ok, Error, LoggedIn, Joined, Left, HistoryPage, UserList, RoomList,
+    WhoAmIReply, WhereAmIReply, HelpReply, Pong, Goodbye,
+]  # fmt: skip
+EVENTS: list[type[Event]] = [
+    MessageEvent, JoinEvent, LeaveEvent, FileEvent, PrivateMessage, RoomDeleted, Announcement, Notice,
+]  # fmt: skip

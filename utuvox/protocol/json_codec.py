@@ -1,0 +1,69 @@
+"""JSON codec: one object per line on TCP, one per text frame on WebSocket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from .base import Frame, Reply, Request
+from .errors import Code, ProtocolError
+from .schema import CLIENT_FRAME, SERVER_FRAME
+
+
+def encode(frame: Frame) -> bytes:
+    """The frame as one JSON line (newline included), fields that are ``None`` left out."""
+    return frame.__pydantic_serializer__.to_json(frame, exclude_none=True, by_alias=True) + b"\n"
+
+
+def _request_id(data: bytes | str) -> int | str | None:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(rid, bool) or not isinstance(rid, int | str):
+        return None
+    return rid if not isinstance(rid, str) or len(rid) <= 64 else None
+
+
+def _explain(exc: ValidationError) -> tuple[Code, str]:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0] if errors else {"type": "", "msg": "invalid", "loc": ()}
+    kind = first["type"]
+    if kind in ("json_invalid", "json_type", "model_attributes_type", "model_type") or (
+        kind == "dict_type" and not first["loc"]
+    ):
+        return Code.BAD_JSON, "A frame must be one JSON object."
+    if kind == "union_tag_not_found":
+        return Code.UNKNOWN_TYPE, "The frame has no 'type' field."
+    if kind == "union_tag_invalid":
+        return Code.UNKNOWN_TYPE, f"Unknown type: {first.get('ctx', {}).get('tag', '?')!s:.64}."
+    parts = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err["loc"][1:]) or "frame"
+        parts.append(f"{where}: {err['msg']}")
+    return Code.BAD_REQUEST, "Invalid request: " + "; ".join(parts) + "."
+
+
+def decode_request(data: bytes | str) -> Request:
+    """Validate one client frame. Raises :class:`ProtocolError` with a stable code, never anything else."""
+    try:
+        return CLIENT_FRAME.validate_json(data)
+    except ValidationError as exc:
+        code, message = _explain(exc)
+        raise ProtocolError(code, message, re=_request_id(data)) from None
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise ProtocolError(Code.BAD_JSON, "A frame must be one JSON object.") from None
+
+
+def decode_server_frame(data: bytes | str) -> Reply | Any:
+    """Validate one server frame (for clients). Raises :class:`ProtocolError` on anything malformed."""
+    try:
+        return SERVER_FRAME.validate_json(data)
+    except ValidationError as exc:
+        code, message = _explain(exc)
+        raise ProtocolError(code, message) from None
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise ProtocolError(Code.BAD_JSON, "A frame must be one JSON object.") from None

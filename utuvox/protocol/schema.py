@@ -1,0 +1,48 @@
+"""The one schema: discriminated unions of every frame, assembled from the modules that define them.
+
+``CLIENT_FRAME`` validates what a client sends (requests); ``SERVER_FRAME`` validates what the server
+sends (replies and events). ``json_schema()`` is what ``utuvox schema`` prints.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from operator import or_
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter
+
+from . import core
+from .base import Event, Reply, Request
+
+REQUEST_TYPES: list[type[Request]] = [*core.REQUESTS]
+REPLY_TYPES: list[type[Reply]] = [*core.REPLIES]
+EVENT_TYPES: list[type[Event]] = [*core.EVENTS]
+
+
+def _union(models: list[type[Any]]) -> Any:
+    return Annotated[reduce(or_, models), Field(discriminator="type")]
+
+
+def _type_name(model: type[Any]) -> str:
+    return model.model_fields["type"].default
+
+
+ClientFrame = _union(REQUEST_TYPES)
+ServerFrame = _union([*REPLY_TYPES, *EVENT_TYPES])
+
+CLIENT_FRAME: TypeAdapter[Request] = TypeAdapter(ClientFrame)
+SERVER_FRAME: TypeAdapter[Reply | Event] = TypeAdapter(ServerFrame)
+
+REQUESTS_BY_TYPE: dict[str, type[Request]] = {_type_name(m): m for m in REQUEST_TYPES}
+SERVER_BY_TYPE: dict[str, type[Reply | Event]] = {_type_name(m): m for m in [*REPLY_TYPES, *EVENT_TYPES]}
+
+
+def json_schema() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "UtuVox protocol",
+        "description": "Client frames are requests; server frames are replies (with 're') and events.",
+        "client_frame": CLIENT_FRAME.json_schema(),
+        "server_frame": SERVER_FRAME.json_schema(),
+    }

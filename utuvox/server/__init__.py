@@ -1,0 +1,1 @@
+"""The I/O shell: listeners, framing, sessions, lifecycle. Knows sockets, not rules."""

@@ -1,0 +1,143 @@
+"""The server's lifecycle: open the store, start the listeners in one nursery, print the startup lines,
+and on SIGINT/SIGTERM say goodbye to every client, commit what is queued and exit cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+import trio_websocket
+
+from utuvox.chat.admin_key import AdminKey
+from utuvox.chat.bus import LocalBus
+from utuvox.chat.service import Chat
+from utuvox.store import SqliteStore
+
+from .connection import LineConnection, WebSocketConnection
+from .session_loop import run_session
+from .settings import Settings
+
+log = logging.getLogger("utuvox.server")
+
+
+def _address(sock: Any) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except (OSError, ValueError):
+        return "unknown"
+
+
+class Server:
+    """``await nursery.start(server.run)`` returns once every listener is up; ``ports`` then holds the
+    real port numbers (useful with port 0)."""
+
+    def __init__(self, settings: Settings, *, announce: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.announce = announce
+        self.tcp_port = 0
+        self.ws_port = 0
+        self.chat: Chat | None = None
+        self.store: SqliteStore | None = None
+        self._stop = trio.Event()
+        self.admin_key = AdminKey(settings.admin_key_path)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.uploads_dir.mkdir(exist_ok=True)
+        key = await trio.to_thread.run_sync(self.admin_key.load_or_create)
+        self.store = store = await SqliteStore.open(s.db_path)
+        try:
+            async with trio.open_nursery() as services:
+                await services.start(store.run)
+                self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
+                await chat.start()
+                async with trio.open_nursery() as sessions:
+                    async with trio.open_nursery() as listeners:
+                        await self._listen(listeners, sessions, chat)
+                        self.announce(f"Server started on {s.host}:{self.tcp_port}")
+                        self.announce(f"WebSocket server started on ws://{s.host}:{self.ws_port}")
+                        self.announce(f"Admin key: {key}")
+                        log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
+                        task_status.started(self)
+                        await self._wait_for_stop()
+                        listeners.cancel_scope.cancel()
+                    await self._say_goodbye(chat, sessions)
+                services.cancel_scope.cancel()  # the store's committer commits what is queued as it ends
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.close()
+            log.info("server stopped")
+
+    async def _wait_for_stop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s, shutting down", signal.Signals(signum).name)
+                        self._stop.set()
+                        return
+
+                nursery.start_soon(on_signal)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+
+    async def _say_goodbye(self, chat: Chat, sessions: trio.Nursery) -> None:
+        for session in list(chat.sessions.values()):
+            session.peer.close("Server shutting down.", "shutdown")
+        with trio.move_on_after(self.settings.shutdown_grace):
+            while chat.sessions:
+                await trio.sleep(0.02)
+        sessions.cancel_scope.cancel()
+
+    async def _listen(self, listeners: trio.Nursery, sessions: trio.Nursery, chat: Chat) -> None:
+        s = self.settings
+        tcp = await trio.open_tcp_listeners(s.port, host=s.host)
+        self.tcp_port = tcp[0].socket.getsockname()[1]
+        listeners.start_soon(partial(trio.serve_listeners, partial(self._on_tcp, chat), tcp,
+                                     handler_nursery=sessions))
+        ws_server = await listeners.start(partial(
+            trio_websocket.serve_websocket, partial(self._on_websocket, chat), s.host, s.ws_port, None,
+            handler_nursery=sessions, max_message_size=s.max_frame_bytes * 4,
+        ))
+        self.ws_port = ws_server.port
+
+    async def _on_tcp(self, chat: Chat, stream: trio.SocketStream) -> None:
+        s = self.settings
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        address = _address(stream.socket)
+        # JSON clients speak first with '{'; people wait for a welcome. Silence or anything else is text.
+        first = b""
+        with trio.move_on_after(s.detect_timeout):
+            try:
+                first = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, OSError):
+                return
+            if not first:
+                await stream.aclose()
+                return
+        codec = "json" if first.lstrip()[:1] == b"{" else "text"
+        conn = LineConnection(stream, "tcp", address, s.max_frame_bytes, initial=first)
+        await run_session(chat, conn, codec, queue_limit=s.send_queue_frames)
+
+    async def _on_websocket(self, chat: Chat, request: trio_websocket.WebSocketRequest) -> None:
+        try:
+            ws = await request.accept()
+        except trio_websocket.ConnectionClosed:
+            return
+        remote = ws.remote
+        address = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        conn = WebSocketConnection(ws, address, self.settings.max_frame_bytes)
+        await run_session(chat, conn, "json", queue_limit=self.settings.send_queue_frames)

@@ -1,0 +1,109 @@
+"""The one tiny connection interface every transport is adapted to: receive a frame, send frames,
+close. TCP (and later the admin socket) frame by lines; WebSocket by messages."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+import trio_websocket
+
+from utuvox.protocol import Code, ProtocolError
+
+
+class Connection(Protocol):
+    transport: str
+    address: str
+
+    async def receive(self) -> bytes | str | None:
+        """The next frame, or ``None`` once the peer has gone. Raises ``ProtocolError`` for a frame over
+        the size limit; the connection stays usable."""
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        """Send encoded frames (each a complete line) in as few writes as the transport allows."""
+
+    async def aclose(self) -> None: ...
+
+
+class LineConnection:
+    """Newline-framed JSON or text over a byte stream (TCP, Unix socket)."""
+
+    def __init__(self, stream: trio.abc.Stream, transport: str, address: str, max_frame: int,
+                 initial: bytes = b"") -> None:
+        self.stream = stream
+        self.transport = transport
+        self.address = address
+        self._max = max_frame
+        self._buf = bytearray(initial)
+        self._scan = 0  # where to resume looking for a newline
+        self._discarding = False  # skipping the rest of an oversize line
+        self._eof = False
+
+    async def receive(self) -> bytes | None:
+        while True:
+            nl = self._buf.find(b"\n", self._scan)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                self._scan = 0
+                if self._discarding:
+                    self._discarding = False
+                    continue
+                return line
+            self._scan = len(self._buf)
+            if len(self._buf) > self._max:
+                del self._buf[:]
+                self._scan = 0
+                if not self._discarding:
+                    self._discarding = True
+                    raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
+            if self._eof:
+                return None
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                self._eof = True
+                if self._buf and not self._discarding:
+                    line = bytes(self._buf)  # a last line without its newline still counts
+                    del self._buf[:]
+                    return line
+                return None
+            self._buf += data
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class WebSocketConnection:
+    """One JSON frame per WebSocket text message."""
+
+    transport = "ws"
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, address: str, max_frame: int) -> None:
+        self.ws = ws
+        self.address = address
+        self._max = max_frame
+
+    async def receive(self) -> bytes | str | None:
+        try:
+            message = await self.ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            return None
+        if len(message) > self._max:
+            raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
+        return message
+
+    async def send_batch(self, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                await self.ws.send_message(frame[:-1].decode())
+        except trio_websocket.ConnectionClosed as exc:
+            raise trio.BrokenResourceError("WebSocket closed") from exc
+
+    async def aclose(self) -> None:
+        await self.ws.aclose()

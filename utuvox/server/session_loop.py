@@ -1,0 +1,90 @@
+"""One loop serves every session, whatever the transport: read a frame, decode it with the session's
+codec, hand it to the chat layer, queue the answer. A reader task and the outbox's writer task run side
+by side; when either ends, the session ends."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import trio
+
+from utuvox.chat.service import Chat
+from utuvox.chat.session import Session
+from utuvox.protocol import Code, ProtocolError, json_codec, text_codec
+from utuvox.protocol.core import Error, Notice
+
+from .connection import Connection
+from .outbox import Codec, Outbox
+
+log = logging.getLogger("utuvox.server")
+
+WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /login <username> <password> "
+           "to sign in, /help for all commands.")
+
+
+async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int,
+                      operator: str | None = None) -> None:
+    outbox = Outbox(conn, codec, queue_limit)
+    session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
+    outbox.session = session
+    chat.connect(session)
+    log.info("connection %d from %s (%s, %s)", session.id, conn.address, conn.transport, codec)
+    if codec == "text":
+        outbox.send(Notice(text=WELCOME))
+    try:
+        async with trio.open_nursery() as nursery:
+            outbox.scope = nursery.cancel_scope
+
+            async def writer() -> None:
+                await outbox.run()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(writer)
+            await _read_loop(chat, session, conn, codec, outbox)
+            # The reader is done: the peer closed its side, or the session is closing (quit, ban).
+            # Either way the writer flushes what is queued, then ends the nursery.
+            outbox.finish()
+            with trio.move_on_after(2):
+                await trio.sleep_forever()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await chat.disconnect(session)
+            with trio.move_on_after(1):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    await conn.aclose()
+        reason = outbox.cut_off or "closed"
+        who = session.user.name if session.user else "anonymous"
+        log.info("connection %d (%s) ended: %s", session.id, who, reason)
+
+
+async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Codec, outbox: Outbox) -> None:
+    while not outbox.closing:
+        try:
+            frame = await conn.receive()
+        except ProtocolError as exc:
+            outbox.send(Error(code=exc.code, message=exc.message))
+            continue
+        if frame is None:
+            return
+        try:
+            if codec == "json":
+                request = json_codec.decode_request(frame)
+            else:
+                line = frame if isinstance(frame, str) else frame.decode("utf-8", errors="replace")
+                if not line.strip():
+                    continue  # an empty line in text mode is nothing, as at a shell prompt
+                request = text_codec.parse_line(line)
+        except ProtocolError as exc:
+            outbox.send(Error(re=exc.re, code=exc.code, message=exc.message))
+            continue
+        try:
+            reply = await chat.handle(session, request)
+        except ProtocolError as exc:
+            reply = Error(re=request.id, code=exc.code, message=exc.message)
+        except Exception:
+            log.exception("internal error handling %s", request.type)
+            reply = Error(re=request.id, code=Code.INTERNAL, message="Internal server error.")
+        if reply is not None:
+            outbox.send(reply, request)

@@ -1,0 +1,105 @@
+"""What the chat layer needs from persistence, as a ``typing.Protocol``; one implementation per engine.
+
+Records are plain frozen dataclasses, so nothing above this layer ever sees a database row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, I/O error...). Nothing was changed."""
+
+
+class Conflict(StoreError):
+    """A unique name is taken (case-insensitively)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    name: str
+    password_hash: str
+    is_admin: bool
+    is_bot: bool
+    banned: bool
+    ban_reason: str | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    id: int
+    name: str
+    created_by: str | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One room event as stored: its sequence number and its JSON form (the same bytes clients get)."""
+
+    room_id: int
+    seq: int
+    ts: str
+    type: str
+    user: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminLogRecord:
+    id: int
+    ts: str
+    actor: str
+    via: str
+    action: str
+    target: str | None
+    outcome: str
+    detail: str | None
+
+
+CommitCallback = Callable[[BaseException | None], None]
+
+
+class Store(Protocol):
+    async def run(self, *, task_status: Any = ...) -> None:
+        """Background work (the group-commit writer); runs in the server's nursery until cancelled."""
+
+    async def close(self) -> None: ...
+
+    # users
+    async def create_user(self, name: str, password_hash: str, *, is_admin: bool, is_bot: bool) -> UserRecord: ...
+    async def get_user(self, name: str) -> UserRecord | None: ...
+    async def list_users(self) -> list[UserRecord]: ...
+    async def update_user(self, name: str, **changes: Any) -> bool: ...
+
+    # rooms
+    async def create_room(self, name: str, created_by: str | None) -> RoomRecord: ...
+    async def get_room(self, name: str) -> RoomRecord | None: ...
+    async def list_rooms(self) -> list[RoomRecord]: ...
+    async def delete_room(self, room_id: int) -> None: ...
+    async def last_seq(self, room_id: int) -> int: ...
+
+    # room history
+    async def append_event(self, event: StoredEvent) -> None:
+        """Commit one event; returns once it is durable (group commit batches concurrent callers)."""
+
+    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
+        """Queue one event for the next group commit and return at once; ``on_commit`` runs (in the
+        event loop, in commit order) with ``None`` once it is durable, or with the error."""
+
+    async def wait_for_room(self) -> None:
+        """Return when the commit queue has room (back-pressure for producers of ``submit_event``)."""
+
+    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events with ``seq < before`` (or the latest), oldest first."""
+
+    # admin log
+    async def add_admin_log(self, *, actor: str, via: str, action: str, target: str | None, outcome: str,
+                            detail: str | None) -> None: ...
+    async def admin_log(self, *, actor: str | None = None, action: str | None = None,
+                        since: str | None = None, limit: int = 100) -> list[AdminLogRecord]: ...

@@ -1,0 +1,63 @@
+"""Schema migrations. ``MIGRATIONS[n]`` takes a database from version n-1 to n; never edit a shipped one,
+add the next. The version lives in SQLite's ``user_version``.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            is_admin INTEGER NOT NULL DEFAULT 0,
+            is_bot INTEGER NOT NULL DEFAULT 0,
+            banned INTEGER NOT NULL DEFAULT 0,
+            ban_reason TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE rooms (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,
+            created_by TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        # History is read by (room, seq) ranges only, so the primary key is that and nothing else.
+        """CREATE TABLE events (
+            room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            ts TEXT NOT NULL,
+            type TEXT NOT NULL,
+            user TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (room_id, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+            original TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            uploader TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX files_room ON files(room_id)",
+        """CREATE TABLE admin_log (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            via TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX admin_log_ts ON admin_log(ts)",
+        "CREATE INDEX admin_log_actor ON admin_log(actor, id)",
+    ],
+}
+
+SCHEMA_VERSION = max(MIGRATIONS)

@@ -1,0 +1,378 @@
+"""The SQLite store: WAL mode, a schema version with migrations, one writer with group commit, and
+reads on worker threads so the event loop never waits for the disk.
+
+Group commit: writers queue an operation and (usually) wait. A single committer task takes everything
+queued, runs it in one transaction on a worker thread, and wakes the waiters. While that transaction
+runs, new operations pile up for the next one, so under load a commit carries hundreds of rows and the
+per-message cost of durability falls to almost nothing. Each operation runs inside its own SAVEPOINT,
+so one failing operation (a taken name) does not undo its neighbours.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives the process being killed at any moment (the
+WAL is written before a commit returns); only a power loss can roll back the last commits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from .interface import (
+    AdminLogRecord,
+    CommitCallback,
+    Conflict,
+    RoomRecord,
+    StoredEvent,
+    StoreError,
+    UserRecord,
+)
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+@dataclass(slots=True)
+class _Pending:
+    op: Op
+    on_done: Callable[[Any, BaseException | None], None]
+
+
+@dataclass
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _user(row: sqlite3.Row) -> UserRecord:
+    return UserRecord(row["id"], row["name"], row["password_hash"], bool(row["is_admin"]), bool(row["is_bot"]),
+                      bool(row["banned"]), row["ban_reason"], row["created_at"])
+
+
+def _room(row: sqlite3.Row) -> RoomRecord:
+    return RoomRecord(row["id"], row["name"], row["created_by"], row["created_at"])
+
+
+class SqliteStore:
+    """One database file. Create with :meth:`open`, run :meth:`run` in a nursery, then use."""
+
+    def __init__(self, path: Path, *, max_pending: int = 50_000, read_threads: int = 4) -> None:
+        self.path = path
+        self._pending: deque[_Pending] = deque()
+        self._max_pending = max_pending
+        self._wake = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self._reads = trio.CapacityLimiter(read_threads)
+        self._writes = trio.CapacityLimiter(1)
+        self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._closed = False
+        self.commits = 0  # transactions committed, for statistics
+        self.committed_ops = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, **kwargs: Any) -> SqliteStore:
+        store = cls(path, **kwargs)
+        await trio.to_thread.run_sync(store._open_sync, limiter=store._writes)
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _open_sync(self) -> None:
+        conn = self._connect()
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StoreError(f"database {self.path} failed its integrity check: {check}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"database {self.path} has schema version {version}, newer than this UtuVox knows "
+                f"({SCHEMA_VERSION}); refusing to touch it. Upgrade UtuVox."
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in MIGRATIONS[target]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("COMMIT")
+        self._writer = conn
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Safe to call twice."""
+        if self._closed:
+            return
+        while self._pending:
+            await self._commit_once()
+        self._closed = True
+        writer = self._writer
+        if writer is not None:
+            await trio.to_thread.run_sync(writer.close, limiter=self._writes)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                if not self._pending:
+                    await self._wake.park()
+                await self._commit_once()
+        finally:
+            # On cancellation (shutdown), whatever was queued is still committed: it may have been
+            # promised to a client already.
+            with trio.CancelScope(shield=True):
+                while self._pending and self._writer is not None:
+                    await self._commit_once()
+
+    # --- group commit ---------------------------------------------------------------------------
+
+    async def _commit_once(self) -> None:
+        batch = list(self._pending)
+        self._pending.clear()
+        self._space.unpark_all()
+        if not batch:
+            return
+        outcomes = await trio.to_thread.run_sync(self._commit_sync, batch, limiter=self._writes)
+        self.commits += 1
+        self.committed_ops += len(batch)
+        for item, (result, error) in zip(batch, outcomes, strict=True):
+            item.on_done(result, error)
+
+    def _commit_sync(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
+        conn = self._writer
+        assert conn is not None
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((item.op(conn), None))
+                    conn.execute("RELEASE op")
+                except sqlite3.IntegrityError as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, Conflict(str(exc))))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((None, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction as a whole failed (disk full, I/O error): nothing of it is stored.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = StoreError(f"could not write to the database: {exc}")
+            return [(None, error)] * len(batch)
+        return outcomes
+
+    def submit(self, op: Op, on_done: Callable[[Any, BaseException | None], None]) -> None:
+        if self._closed:
+            on_done(None, StoreError("the store is closed"))
+            return
+        self._pending.append(_Pending(op, on_done))
+        if len(self._pending) == 1:
+            self._wake.unpark()
+
+    async def wait_for_room(self) -> None:
+        while len(self._pending) >= self._max_pending:
+            await self._space.park()
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        await self.wait_for_room()
+        waiter = _Waiter()
+        self.submit(op, waiter)
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+        return conn
+
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            try:
+                return op(self._reader())
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not read the database: {exc}") from exc
+
+        return await trio.to_thread.run_sync(run, limiter=self._reads)
+
+    # --- users ----------------------------------------------------------------------------------
+
+    async def create_user(self, name: str, password_hash: str, *, is_admin: bool, is_bot: bool) -> UserRecord:
+        def op(conn: sqlite3.Connection) -> UserRecord:
+            conn.execute(
+                "INSERT INTO users(name, name_key, password_hash, is_admin, is_bot, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, name.lower(), password_hash, int(is_admin), int(is_bot), _now()),
+            )
+            row = conn.execute("SELECT * FROM users WHERE name_key = ?", (name.lower(),)).fetchone()
+            return _user(row)
+
+        return await self.write(op)
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        def op(conn: sqlite3.Connection) -> UserRecord | None:
+            row = conn.execute("SELECT * FROM users WHERE name_key = ?", (name.lower(),)).fetchone()
+            return _user(row) if row else None
+
+        return await self.read(op)
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self.read(lambda c: [_user(r) for r in c.execute("SELECT * FROM users ORDER BY name_key")])
+
+    _USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
+
+    async def update_user(self, name: str, **changes: Any) -> bool:
+        unknown = set(changes) - self._USER_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown user fields: {sorted(unknown)}")
+        if not changes:
+            return await self.get_user(name) is not None
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(f"UPDATE users SET {assignments} WHERE name_key = ?", (*values, name.lower()))
+            return cursor.rowcount > 0
+
+        return await self.write(op)
+
+    # --- rooms ----------------------------------------------------------------------------------
+
+    async def create_room(self, name: str, created_by: str | None) -> RoomRecord:
+        def op(conn: sqlite3.Connection) -> RoomRecord:
+            conn.execute(
+                "INSERT INTO rooms(name, name_key, created_by, created_at) VALUES (?, ?, ?, ?)",
+                (name, name.lower(), created_by, _now()),
+            )
+            return _room(conn.execute("SELECT * FROM rooms WHERE name_key = ?", (name.lower(),)).fetchone())
+
+        return await self.write(op)
+
+    async def get_room(self, name: str) -> RoomRecord | None:
+        def op(conn: sqlite3.Connection) -> RoomRecord | None:
+            row = conn.execute("SELECT * FROM rooms WHERE name_key = ?", (name.lower(),)).fetchone()
+            return _room(row) if row else None
+
+        return await self.read(op)
+
+    async def list_rooms(self) -> list[RoomRecord]:
+        return await self.read(lambda c: [_room(r) for r in c.execute("SELECT * FROM rooms ORDER BY name_key")])
+
+    async def delete_room(self, room_id: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM events WHERE room_id = ?", (room_id,))
+            conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+
+        await self.write(op)
+
+    async def last_seq(self, room_id: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT MAX(seq) FROM events WHERE room_id = ?", (room_id,)).fetchone()
+            return row[0] or 0
+
+        return await self.read(op)
+
+    # --- room history ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_event(event: StoredEvent) -> Op:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO events(room_id, seq, ts, type, user, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (event.room_id, event.seq, event.ts, event.type, event.user, event.body),
+            )
+
+        return op
+
+    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
+        self.submit(self._insert_event(event), lambda _result, error: on_commit(error))
+
+    async def append_event(self, event: StoredEvent) -> None:
+        await self.write(self._insert_event(event))
+
+    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
+        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
+            if before is None:
+                rows = conn.execute(
+                    "SELECT * FROM events WHERE room_id = ? ORDER BY seq DESC LIMIT ?", (room_id, limit)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM events WHERE room_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                    (room_id, before, limit),
+                ).fetchall()
+            return [StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"])
+                    for r in reversed(rows)]
+
+        return await self.read(op)
+
+    # --- admin log ------------------------------------------------------------------------------
+
+    async def add_admin_log(self, *, actor: str, via: str, action: str, target: str | None, outcome: str,
+                            detail: str | None) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO admin_log(ts, actor, via, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_now(), actor, via, action, target, outcome, detail),
+            )
+
+        await self.write(op)
+
+    async def admin_log(self, *, actor: str | None = None, action: str | None = None,
+                        since: str | None = None, limit: int = 100) -> list[AdminLogRecord]:
+        clauses, params = [], []
+        for column, value, test in (("actor", actor, "="), ("action", action, "="), ("ts", since, ">=")):
+            if value is not None:
+                clauses.append(f"{column} {test} ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def op(conn: sqlite3.Connection) -> list[AdminLogRecord]:
+            rows = conn.execute(
+                f"SELECT * FROM admin_log {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+            return [AdminLogRecord(r["id"], r["ts"], r["actor"], r["via"], r["action"], r["target"],
+                                   r["outcome"], r["detail"]) for r in reversed(rows)]
+
+        return await self.read(op)
+
