@@ -51,6 +51,12 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    from utuvox.client.terminal import main as terminal_main
+
+    return terminal_main(args.url, args.downloads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utuvox", description="UtuVox chat server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the protocol")
     schema.set_defaults(func=_schema)
+
+    client = sub.add_parser("client", help="run the terminal client")
+    client.add_argument("--url", default="tcp://127.0.0.1:9090",
+                        help="server URL: tcp://host:port or ws://host:port (default tcp://127.0.0.1:9090)")
+    client.add_argument("--downloads", type=Path, default=Path("downloads"),
+                        help="where /download saves files (default ./downloads)")
+    client.set_defaults(func=_client)
     return parser
 
 

@@ -11,6 +11,7 @@ class ChatConfig:
     join_history: int = 50  # events shown on join
     recent_cache: int = 200  # events of each room kept in memory for joins and recent pages
     history_page_max: int = 500
+    max_unacked: int = 1000  # messages one session may have waiting for commit before its reader waits
     # argon2id, OWASP's recommendation: 19 MiB, 2 iterations, 1 lane.
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2

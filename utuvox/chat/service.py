@@ -67,6 +67,8 @@ class Chat:
         }
         # Called with (session) when a session ends, by capabilities that hold per-session state.
         self.on_disconnect: list[Callable[[Session], Awaitable[None]]] = []
+        # Called with (room) after a room is deleted, by capabilities that keep things per room (files).
+        self.on_room_deleted: list[Callable[[Room], Awaitable[None]]] = []
 
     async def start(self) -> None:
         """Load the rooms and their sequence counters."""
@@ -322,14 +324,19 @@ class Chat:
             raise ProtocolError(Code.EMPTY, "Message is empty.")
         if len(req.text) > self.config.max_message_chars:
             raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
-        # Back-pressure first, then number and queue the event with no await in between, so sequence
-        # numbers reach the store in order.
+        # Back-pressure first (a pipelining sender may only get so far ahead of the disk), then number
+        # and queue the event with no await in between, so sequence numbers reach the store in order.
+        while session.unacked >= self.config.max_unacked:
+            await session.ack_wait.park()
         await self.store.wait_for_room()
         seq = room.take_seq()
         event = p.MessageEvent(room=room.name, seq=seq, user=me.name, text=req.text)
         peer = session.peer
+        session.unacked += 1
 
         def acknowledged(error: BaseException | None) -> None:
+            session.unacked -= 1
+            session.ack_wait.unpark()
             if error is None:
                 self.messages_sent += 1
                 peer.send(p.Ok(re=req.id, room=room.name, seq=seq), req)

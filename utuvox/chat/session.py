@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+import trio
+
 from utuvox.protocol import Event, Reply, Request, utc_now
 
 from .wire import Wire
@@ -56,6 +58,9 @@ class Session:
     rooms: list[str] = field(default_factory=list)
     # On the admin socket: the OS user who connected (from SO_PEERCRED).
     operator: str | None = None
+    # Messages queued for commit but not yet acknowledged, and where to wait when there are too many.
+    unacked: int = 0
+    ack_wait: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
     @property
     def current_room(self) -> str | None:

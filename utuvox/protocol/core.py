@@ -200,14 +200,14 @@ class RoomList(Reply):
 
 class WhoAmIReply(Reply):
     type: Literal["you_are"] = "you_are"
-    user: str | None
+    user: str | None = None
     is_admin: bool = False
     is_bot: bool = False
 
 
 class WhereAmIReply(Reply):
     type: Literal["you_are_in"] = "you_are_in"
-    room: str | None
+    room: str | None = None
     rooms: list[str] = Field(default_factory=list)
 
 

@@ -44,7 +44,7 @@ def _explain(exc: ValidationError) -> tuple[Code, str]:
     for err in errors[:3]:
         where = ".".join(str(p) for p in err["loc"][1:]) or "frame"
         parts.append(f"{where}: {err['msg']}")
-    return Code.BAD_REQUEST, "Invalid request: " + "; ".join(parts) + "."
+    return Code.BAD_REQUEST, "Invalid frame: " + "; ".join(parts) + "."
 
 
 def decode_request(data: bytes | str) -> Request:

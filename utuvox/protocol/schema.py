@@ -12,12 +12,21 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
-from . import core
+from . import admin, core, files
 from .base import Event, Reply, Request
 
 REQUEST_TYPES: list[type[Request]] = [*core.REQUESTS]
 REPLY_TYPES: list[type[Reply]] = [*core.REPLIES]
 EVENT_TYPES: list[type[Event]] = [*core.EVENTS]
+
+# File sharing (utuvox/protocol/files.py).
+REQUEST_TYPES += files.REQUESTS
+REPLY_TYPES += files.REPLIES
+
+# Administration (utuvox/protocol/admin.py).
+REQUEST_TYPES += admin.REQUESTS
+REPLY_TYPES += admin.REPLIES
+EVENT_TYPES += admin.EVENTS
 
 
 def _union(models: list[type[Any]]) -> Any:

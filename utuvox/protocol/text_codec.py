@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import core
+from . import admin, core, files
 from .base import Event, Frame, Request
 from .errors import Code, ProtocolError
 from .schema import REQUESTS_BY_TYPE
@@ -36,6 +36,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# Commands text mode knows (they are in /help) but cannot carry out, by request type: the sentence that
+# answers them, with code ``not_supported``.
+TEXT_UNSUPPORTED: dict[str, str] = {}
 
 
 def add_command(name: str, type_: str, params: Iterable[str], usage_args: str, description: str, *,
@@ -79,6 +82,8 @@ def parse_line(line: str) -> Request:
     command = COMMANDS.get(name.lower())
     if command is None:
         raise ProtocolError(Code.UNKNOWN_COMMAND, f"Unknown command: /{name[:32]}. Type /help for the list.")
+    if command.type in TEXT_UNSUPPORTED:
+        raise ProtocolError(Code.NOT_SUPPORTED, TEXT_UNSUPPORTED[command.type])
     fields = _bind(command, rest)
     try:
         return REQUESTS_BY_TYPE[command.type].model_validate(fields)
@@ -150,6 +155,9 @@ def _event_line(event: Frame, current_room: str | None) -> str:
         return f"[ANNOUNCEMENT{where}] {clean(event.text)}"
     if isinstance(event, core.Notice):
         return clean(event.text)
+    renderer = EVENT_RENDERERS.get(type(event))
+    if renderer is not None:
+        return renderer(event, current_room)
     return _fallback(event)
 
 
@@ -171,6 +179,8 @@ def _ok(reply: core.Ok, request: Request | None) -> list[str]:
         "changepassword": "Password changed successfully.",
         "msg": f"Private message sent to {getattr(request, 'to', '')}.",
     }
+    if kind in OK_WORDING:
+        return [OK_WORDING[kind](reply, request)]
     return [wording.get(kind, "OK.")]
 
 
@@ -185,7 +195,12 @@ def _joined(reply: core.Joined) -> list[tuple[datetime | None, str]]:
     return lines
 
 
-Renderer = Callable[[Any, Request | None], "list[str] | str"]
+Renderer = Callable[[Any, Request | None], "list[str | tuple[datetime, str]] | str"]
+
+# How an ``ok`` reads for a request type, given (reply, request); modules that add request types add theirs.
+OK_WORDING: dict[str, Callable[[Any, Any], str]] = {}
+# Lines (without timestamp) of event types beyond the core ones, given (event, current_room).
+EVENT_RENDERERS: dict[type, Callable[[Any, str | None], str]] = {}
 
 # Renderers of replies to their text-mode lines. Modules that add reply types add their renderer here.
 REPLY_RENDERERS: dict[type, Renderer] = {
@@ -231,7 +246,8 @@ def _reply_lines(frame: Frame, request: Request | None) -> list[tuple[datetime |
     if renderer is None:
         return [(None, _fallback(frame))]
     out = renderer(frame, request)
-    return [(None, line) for line in ([out] if isinstance(out, str) else out)]
+    # A renderer may give a line its own time, as (ts, line): an entry of a log keeps the time it happened.
+    return [line if isinstance(line, tuple) else (None, line) for line in ([out] if isinstance(out, str) else out)]
 
 
 def render(frame: Frame, *, request: Request | None = None, current_room: str | None = None,
@@ -243,3 +259,174 @@ def render(frame: Frame, *, request: Request | None = None, current_room: str | 
     return "".join(f"{stamp(when) if when else ts} {line}\n"
                    for when, line in _reply_lines(frame, request))
 
+
+
+# --- administration -----------------------------------------------------------------------------
+# The original's admin commands and the operator commands beyond them. Listed by /help to operators only.
+
+for _name, _type, _params, _usage, _desc in [
+    ("delete_room", "delete_room", ("room",), "<room>", "Delete a room and its history, even with active users."),
+    ("add_user", "add_user", ("username", "password", "is_admin?!"), "<username> <password> [is_admin]",
+     "Add a new user (is_admin: 0 or 1, default 0)."),
+    ("edit_user", "edit_user", ("username", "new_password", "is_admin?!"), "<username> <new_password> [is_admin]",
+     "Edit a user's password and/or admin status."),
+    ("view_users", "view_users", (), "", "List all registered users with their admin and ban status."),
+    ("view_room_history", "view_room_history", ("room", "limit?"), "<room> [n]",
+     "View a room's history, including messages, joins, leaves and files."),
+    ("ban_user", "ban_user", ("username", "reason?*"), "<username> [reason]",
+     "Ban a user from the server, disconnecting them immediately."),
+    ("unban_user", "unban_user", ("username",), "<username>", "Unban a previously banned user."),
+    ("change_admin_key", "change_admin_key", ("new_key",), "<new_key>", "Change the admin registration key."),
+    ("who", "who", (), "", "List connected sessions: user, transport, address, rooms, connected since."),
+    ("kick", "kick", ("username", "reason?*"), "<username> [reason]", "Disconnect every session of a user."),
+    ("announce", "announce", ("text*",), "<text>", "Announce a message to everyone connected."),
+    ("announce_room", "announce", ("room", "text*"), "<room> <text>", "Announce a message to one room."),
+    ("stats", "stats", (), "", "Show server statistics."),
+    ("admin_log", "admin_log", ("limit?",), "[n]", "Show the last n entries of the admin log."),
+    ("tail", "tail", ("room?",), "[room]", "Receive the events of every room (or of one) until /untail."),
+    ("untail", "untail", (), "", "Stop receiving the events of /tail."),
+]:  # fmt: skip
+    add_command(_name, _type, _params, _usage, _desc, admin=True)
+
+
+def _yes(flag: bool) -> str:
+    return "Yes" if flag else "No"
+
+
+def _account(u: admin.AccountInfo) -> str:
+    banned = f"Yes ({clean(u.ban_reason)})" if u.banned and u.ban_reason else _yes(u.banned)
+    return (f"Username: {u.name}, Admin: {_yes(u.is_admin)}, Banned: {banned}, Bot: {_yes(u.is_bot)}, "
+            f"Online: {_yes(u.sessions > 0)}")
+
+
+def _session(s: admin.SessionInfo) -> str:
+    who = s.user or (f"console:{s.operator}" if s.operator else "anonymous")
+    rooms = f" in {', '.join(s.rooms)}" if s.rooms else ""
+    return f"#{s.id} {who} ({s.transport} {clean(s.address)}){rooms} since {stamp(s.connected_at)[1:-1]}"
+
+
+def duration(seconds: float) -> str:
+    """``1d 2h 3m 4s``, leaving out the leading zero units."""
+    seconds = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size or parts:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join([*parts, f"{seconds}s"])
+
+
+def size(n: float) -> str:
+    """A byte count for people: ``512 B``, ``1.5 kB``, ``3.2 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _stats(r: admin.ServerStats) -> list[str]:
+    transports = ", ".join(f"{k} {v}" for k, v in sorted(r.by_transport.items()))
+    return [
+        "Server statistics:",
+        f"Uptime: {duration(r.uptime)} (since {stamp(r.started_at)[1:-1]})",
+        f"Connections: {r.connections}" + (f" ({transports})" if transports else "")
+        + f", {r.connections_total} since start",
+        f"Users online: {r.users_online} of {r.users_registered} registered",
+        f"Rooms: {r.rooms}",
+        f"Messages: {r.messages} ({r.messages_per_second:.1f}/s)",
+        f"Sent: {size(r.bytes_sent)} ({size(r.bytes_per_second)}/s)",
+    ]
+
+
+def _log_entry(e: admin.AdminLogEntry) -> tuple[datetime, str]:
+    target = f" '{e.target}'" if e.target else ""
+    detail = f" ({clean(e.detail)})" if e.detail else ""
+    return e.ts, f"{e.actor} via {e.via}: {e.action}{target} -> {e.outcome}{detail}"
+
+
+def _kicked(r: admin.Kicked) -> str:
+    if r.session is not None:
+        return f"Session #{r.session} kicked."
+    return f"User '{r.user}' kicked ({r.count} session{'s' if r.count != 1 else ''})."
+
+
+REPLY_RENDERERS.update({
+    admin.UserTable: lambda r, _: ["Users:", *map(_account, r.users)] if r.users else "No users.",
+    admin.SessionList: lambda r, _: ["Connected sessions:", *map(_session, r.sessions)],
+    admin.Kicked: lambda r, _: _kicked(r),
+    admin.ServerStats: lambda r, _: _stats(r),
+    admin.AdminLogPage: lambda r, _: (["Admin log:", *map(_log_entry, r.entries)] if r.entries
+                                      else "The admin log has no matching entries."),
+})
+
+OK_WORDING.update({
+    "delete_room": lambda r, q: f"Room '{r.room or q.room}' deleted.",
+    "add_user": lambda r, q: f"User '{q.username}' added as {'admin' if q.is_admin else 'user'}.",
+    "edit_user": lambda r, q: f"User '{q.username}' updated.",
+    "ban_user": lambda r, q: f"User '{q.username}' has been banned.",
+    "unban_user": lambda r, q: f"User '{q.username}' has been unbanned.",
+    "change_admin_key": lambda r, q: "Admin key changed successfully.",
+    "announce": lambda r, q: "Announcement sent" + (f" to room '{r.room or q.room}'." if q.room else "."),
+    "tail": lambda r, q: (f"Tailing room '{r.room or q.room}'." if q.room else "Tailing every room.")
+    + " /untail to stop.",
+    "untail": lambda r, q: "Stopped tailing.",
+})
+
+
+def _admin_action(e: admin.AdminAction, _room: str | None) -> str:
+    target = f" '{e.target}'" if e.target else ""
+    detail = f" ({clean(e.detail)})" if e.detail else ""
+    return f"[admin] {e.actor}: {e.action}{target} -> {e.outcome}{detail}"
+
+
+EVENT_RENDERERS[admin.AdminAction] = _admin_action
+
+
+# --- file sharing -------------------------------------------------------------------------------
+# A text line cannot carry a file: /upload and /download are listed by /help and answered not_supported;
+# /list_files works.
+
+_FILES_ELSEWHERE = ("Text mode cannot carry files: use `utuvox client`, where /upload <room> <filepath> and "
+                    "/download <unique name> work, or the JSON protocol ('upload' and 'download' requests).")
+
+for _name, _params, _usage, _desc in [
+    ("upload", ("room", "name*"), "<room> <filepath>",
+     "Upload a local file to a room you are in (utuvox client or JSON only)."),
+    ("download", ("name",), "<unique name>",
+     "Download a file into downloads/ (utuvox client or JSON only)."),
+    ("list_files", ("room?",), "[room]", "List the files of the current room (or the one named)."),
+]:  # fmt: skip
+    add_command(_name, _name, _params, _usage, _desc)
+TEXT_UNSUPPORTED.update({"upload": _FILES_ELSEWHERE, "download": _FILES_ELSEWHERE})
+
+
+def _file_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024  # type: ignore[assignment]
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+    return f"{n} B"  # pragma: no cover
+
+
+def _file_list(r: files.FileList) -> list[str]:
+    if not r.files:
+        return [f"No files in room '{r.room}'."]
+    head = f"Files in room '{r.room}'" + (f" (the newest {len(r.files)})" if r.more else "") + ":"
+    width = max(len(x.name) for x in r.files)
+    return [head, *(
+        f"  {x.name:<{width}}  {_file_size(x.size):>10}  {x.uploader:<12} {stamp(x.uploaded_at)[1:-1]}"
+        f"  (Original: {clean(x.original)})"
+        for x in r.files
+    )]
+
+
+REPLY_RENDERERS.update({
+    files.FileList: lambda r, _: _file_list(r),
+    files.Uploaded: lambda r, _: f"File '{r.name}' uploaded to room '{r.room}' (Original: {clean(r.original)}).",
+    files.UploadFailed: lambda r, _: f"Upload failed: {clean(r.message)}",
+    files.DownloadEnd: lambda r, _: f"Download of '{r.name}' complete ({_file_size(r.size)}).",
+    files.DownloadFailed: lambda r, _: f"Download failed: {clean(r.message)}",
+})

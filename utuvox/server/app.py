@@ -14,11 +14,15 @@ from typing import Any
 import trio
 import trio_websocket
 
+from utuvox.chat import admin
 from utuvox.chat.admin_key import AdminKey
 from utuvox.chat.bus import LocalBus
+from utuvox.chat.files import FileService
+from utuvox.chat.files import install as install_files
 from utuvox.chat.service import Chat
 from utuvox.store import SqliteStore
 
+from .admin_socket import peer_credentials, serve_admin_socket
 from .connection import LineConnection, WebSocketConnection
 from .session_loop import run_session
 from .settings import Settings
@@ -44,6 +48,8 @@ class Server:
         self.tcp_port = 0
         self.ws_port = 0
         self.chat: Chat | None = None
+        self.files: FileService | None = None
+        self.admin: admin.Administration | None = None
         self.store: SqliteStore | None = None
         self._stop = trio.Event()
         self.admin_key = AdminKey(settings.admin_key_path)
@@ -58,26 +64,39 @@ class Server:
         key = await trio.to_thread.run_sync(self.admin_key.load_or_create)
         self.store = store = await SqliteStore.open(s.db_path)
         try:
-            async with trio.open_nursery() as services:
-                await services.start(store.run)
-                self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
-                await chat.start()
-                async with trio.open_nursery() as sessions:
-                    async with trio.open_nursery() as listeners:
-                        await self._listen(listeners, sessions, chat)
-                        self.announce(f"Server started on {s.host}:{self.tcp_port}")
-                        self.announce(f"WebSocket server started on ws://{s.host}:{self.ws_port}")
-                        self.announce(f"Admin key: {key}")
-                        log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
-                        task_status.started(self)
-                        await self._wait_for_stop()
-                        listeners.cancel_scope.cancel()
-                    await self._say_goodbye(chat, sessions)
-                services.cancel_scope.cancel()  # the store's committer commits what is queued as it ends
+            # The store's committer gets a nursery of its own, outside everything else: sessions that are
+            # ending still commit (their leave events) even when a sibling task has failed.
+            async with trio.open_nursery() as storage:
+                await storage.start(store.run)
+                try:
+                    await self._serve(store, key, task_status)
+                finally:
+                    storage.cancel_scope.cancel()  # the committer commits what is queued as it ends
         finally:
             with trio.CancelScope(shield=True):
                 await store.close()
             log.info("server stopped")
+
+    async def _serve(self, store: SqliteStore, key: str, task_status: Any) -> None:
+        s = self.settings
+        async with trio.open_nursery() as services:
+            self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
+            self.files = await services.start(install_files(chat, s.file_config()).run)
+            self.admin = admin.install(chat)
+            services.start_soon(self.admin.sample_rates)
+            await chat.start()
+            async with trio.open_nursery() as sessions:
+                async with trio.open_nursery() as listeners:
+                    await self._listen(listeners, sessions, chat)
+                    self.announce(f"Server started on {s.host}:{self.tcp_port}")
+                    self.announce(f"WebSocket server started on ws://{s.host}:{self.ws_port}")
+                    self.announce(f"Admin key: {key}")
+                    log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
+                    task_status.started(self)
+                    await self._wait_for_stop()
+                    listeners.cancel_scope.cancel()
+                await self._say_goodbye(chat, sessions)
+            services.cancel_scope.cancel()
 
     async def _wait_for_stop(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -110,8 +129,19 @@ class Server:
         ws_server = await listeners.start(partial(
             trio_websocket.serve_websocket, partial(self._on_websocket, chat), s.host, s.ws_port, None,
             handler_nursery=sessions, max_message_size=s.max_frame_bytes * 4,
+            receive_buffer_size=64 * 1024,  # trio-websocket's 4 KiB default makes uploads crawl
         ))
         self.ws_port = ws_server.port
+        await listeners.start(partial(serve_admin_socket, partial(self._on_admin, chat), s.admin_socket_path,
+                                      handler_nursery=sessions))
+
+    async def _on_admin(self, chat: Chat, stream: trio.SocketStream) -> None:
+        s = self.settings
+        operator, uid, pid = peer_credentials(stream.socket)
+        if self.admin is not None:
+            await self.admin.operator_connected(operator, uid, pid)
+        conn = LineConnection(stream, "admin", f"unix:{operator}" + (f" pid {pid}" if pid else ""), s.max_frame_bytes)
+        await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, operator=operator)
 
     async def _on_tcp(self, chat: Chat, stream: trio.SocketStream) -> None:
         s = self.settings

@@ -49,6 +49,8 @@ class LineConnection:
                 if self._discarding:
                     self._discarding = False
                     continue
+                if len(line) > self._max:
+                    raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
                 return line
             self._scan = len(self._buf)
             if len(self._buf) > self._max:

@@ -26,10 +26,14 @@ Codec = Literal["json", "text"]
 
 
 class Outbox:
-    def __init__(self, conn: Connection, codec: Codec, limit: int) -> None:
+    def __init__(self, conn: Connection, codec: Codec, limit: int, *, paced_bytes: int = 1024 * 1024) -> None:
         self.conn = conn
         self.codec = codec
         self.limit = limit
+        # send_paced waits while this many bytes are queued (or half the frame limit): bulk frames are
+        # large (a download chunk is ~60 KB), so a frame count alone would let megabytes pile up.
+        self.paced_bytes = paced_bytes
+        self._queued_bytes = 0  # bytes of the encoded frames queued (shared events not counted)
         self.session: Session | None = None
         self._queue: deque[bytes | Wire] = deque()
         self._ready = trio.lowlevel.ParkingLot()
@@ -48,6 +52,8 @@ class Outbox:
             self._overflow()
             return
         self._queue.append(item)
+        if isinstance(item, bytes):
+            self._queued_bytes += len(item)
         if len(self._queue) == 1:
             self._ready.unpark()
 
@@ -60,7 +66,7 @@ class Outbox:
             self._put(data)
 
     async def send_paced(self, frame: Reply | Event) -> None:
-        while len(self._queue) >= self.limit // 2 and not self.closing:
+        while (len(self._queue) >= self.limit // 2 or self._queued_bytes >= self.paced_bytes) and not self.closing:
             await self._space.park()
         self.send(frame)
 
@@ -83,6 +89,7 @@ class Outbox:
         self.cut_off = "slow consumer"
         self.closing = True
         self._queue.clear()
+        self._queued_bytes = 0
         if self.scope is not None:
             self.scope.cancel()
 
@@ -113,6 +120,7 @@ class Outbox:
                 continue
             items = self._queue
             self._queue = deque()
+            self._queued_bytes = 0
             self._space.unpark_all()
             frames = [self._bytes(item) for item in items]
             try:

@@ -8,6 +8,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from utuvox.chat.config import ChatConfig
+from utuvox.chat.files import FileConfig
+from utuvox.protocol.files import chunk_size_for_frame
 
 
 class Settings(BaseSettings):
@@ -27,6 +29,19 @@ class Settings(BaseSettings):
     detect_timeout: float = Field(0.5, gt=0, description="how long to wait for a first byte to tell JSON from text")
     shutdown_grace: float = Field(2.0, ge=0, description="seconds to flush goodbyes on shutdown")
 
+    # file sharing
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=0, description="largest file a client may upload")
+    max_uploads_per_session: int = Field(4, ge=1, description="uploads one connection may have in progress")
+    max_uploads_total: int = Field(64, ge=1, description="uploads in progress on the whole server")
+    max_downloads_per_session: int = Field(4, ge=1, description="downloads one connection may have in progress")
+    max_downloads_total: int = Field(64, ge=1, description="downloads in progress on the whole server")
+    max_list_files: int = Field(200, ge=1, description="newest files listed by list_files")
+    upload_idle_timeout: float = Field(300.0, gt=0, description="seconds without a chunk before an upload is dropped")
+    min_free_disk_bytes: int = Field(64 * 1024 * 1024, ge=0, description="free space an upload must leave")
+    file_io_threads: int = Field(4, ge=1, description="worker threads for file reads and writes")
+    file_write_batch_bytes: int = Field(1024 * 1024, ge=4096, description="upload bytes gathered per disk write")
+    file_read_block_bytes: int = Field(1024 * 1024, ge=4096, description="download bytes read per disk read")
+
     # argon2id (OWASP: 19 MiB, 2 iterations, 1 lane)
     argon2_memory_kib: int = Field(19 * 1024, ge=8)
     argon2_time_cost: int = Field(2, ge=1)
@@ -41,12 +56,35 @@ class Settings(BaseSettings):
         return self.data_dir / "uploads"
 
     @property
+    def temp_uploads_dir(self) -> Path:
+        """Where uploads in progress stream to (same file system as uploads/, so the final move is a link)."""
+        return self.data_dir / "uploads.tmp"
+
+    @property
     def admin_key_path(self) -> Path:
         return self.data_dir / "admin_key.txt"
 
     @property
     def admin_socket_path(self) -> Path:
         return self.admin_socket or self.data_dir / "admin.sock"
+
+    def file_config(self) -> FileConfig:
+        return FileConfig(
+            uploads_dir=self.uploads_dir,
+            temp_dir=self.temp_uploads_dir,
+            max_upload_bytes=self.max_upload_bytes,
+            max_uploads_per_session=self.max_uploads_per_session,
+            max_uploads_total=self.max_uploads_total,
+            max_downloads_per_session=self.max_downloads_per_session,
+            max_downloads_total=self.max_downloads_total,
+            max_list_files=self.max_list_files,
+            chunk_size=chunk_size_for_frame(self.max_frame_bytes),
+            write_batch_bytes=self.file_write_batch_bytes,
+            read_block_bytes=self.file_read_block_bytes,
+            io_threads=self.file_io_threads,
+            upload_idle_timeout=self.upload_idle_timeout,
+            min_free_bytes=self.min_free_disk_bytes,
+        )
 
     def chat_config(self) -> ChatConfig:
         return ChatConfig(

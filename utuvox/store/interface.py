@@ -62,6 +62,21 @@ class AdminLogRecord:
     detail: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One shared file: its unique name (also its file name in the uploads directory) and what was announced."""
+
+    id: int
+    name: str
+    room_id: int
+    room: str
+    original: str
+    size: int
+    sha256: str
+    uploader: str
+    created_at: str
+
+
 CommitCallback = Callable[[BaseException | None], None]
 
 
@@ -97,6 +112,24 @@ class Store(Protocol):
 
     async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events with ``seq < before`` (or the latest), oldest first."""
+
+    # files (the bytes live in the uploads directory under ``name``; the store keeps what describes them)
+    async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,
+                       uploader: str) -> FileRecord:
+        """Commit a file's row; raises :class:`Conflict` if ``name`` is taken."""
+
+    async def get_file(self, name: str) -> FileRecord | None: ...
+
+    async def list_files(self, room_id: int) -> list[FileRecord]:
+        """The room's files, oldest first."""
+
+    async def file_names(self) -> set[str]:
+        """Every stored file name (for sweeping orphans from the uploads directory at startup)."""
+
+    async def delete_file(self, name: str) -> bool: ...
+
+    async def delete_files_of_room(self, room_id: int) -> list[FileRecord]:
+        """Delete the room's file rows; returns what was deleted (so the caller can remove the bytes)."""
 
     # admin log
     async def add_admin_log(self, *, actor: str, via: str, action: str, target: str | None, outcome: str,

@@ -14,6 +14,7 @@ WAL is written before a commit returns); only a power loss can roll back the las
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections import deque
@@ -29,12 +30,15 @@ from .interface import (
     AdminLogRecord,
     CommitCallback,
     Conflict,
+    FileRecord,
     RoomRecord,
     StoredEvent,
     StoreError,
     UserRecord,
 )
 from .migrations import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger("utuvox.store")
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
@@ -74,13 +78,24 @@ def _room(row: sqlite3.Row) -> RoomRecord:
     return RoomRecord(row["id"], row["name"], row["created_by"], row["created_at"])
 
 
+_FILE_SELECT = ("SELECT files.*, rooms.name AS room_name FROM files JOIN rooms ON rooms.id = files.room_id")
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(row["id"], row["name"], row["room_id"], row["room_name"], row["original"], row["size"],
+                      row["sha256"], row["uploader"], row["created_at"])
+
+
 class SqliteStore:
     """One database file. Create with :meth:`open`, run :meth:`run` in a nursery, then use."""
 
-    def __init__(self, path: Path, *, max_pending: int = 50_000, read_threads: int = 4) -> None:
+    def __init__(self, path: Path, *, max_pending: int = 50_000, max_batch: int = 1000, read_threads: int = 4) -> None:
         self.path = path
         self._pending: deque[_Pending] = deque()
         self._max_pending = max_pending
+        # A batch's events are published together when it commits; capping it caps the burst any one
+        # member's queue receives at once.
+        self._max_batch = max_batch
         self._wake = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._reads = trio.CapacityLimiter(read_threads)
@@ -151,12 +166,15 @@ class SqliteStore:
             with trio.CancelScope(shield=True):
                 while self._pending and self._writer is not None:
                     await self._commit_once()
+            # From now on nobody would commit a queued write: refuse new ones instead of letting
+            # their writers wait forever.
+            self._closed = True
 
     # --- group commit ---------------------------------------------------------------------------
 
     async def _commit_once(self) -> None:
-        batch = list(self._pending)
-        self._pending.clear()
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
         self._space.unpark_all()
         if not batch:
             return
@@ -164,7 +182,11 @@ class SqliteStore:
         self.commits += 1
         self.committed_ops += len(batch)
         for item, (result, error) in zip(batch, outcomes, strict=True):
-            item.on_done(result, error)
+            try:
+                item.on_done(result, error)
+            except Exception:
+                # A failing callback must not stop the committer: every later writer would hang.
+                log.exception("commit callback failed")
 
     def _commit_sync(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
         conn = self._writer
@@ -345,6 +367,46 @@ class SqliteStore:
                     for r in reversed(rows)]
 
         return await self.read(op)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,
+                       uploader: str) -> FileRecord:
+        def op(conn: sqlite3.Connection) -> FileRecord:
+            cursor = conn.execute(
+                "INSERT INTO files(name, room_id, original, size, sha256, uploader, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, room_id, original, size, sha256, uploader, _now()),
+            )
+            return _file(conn.execute(f"{_FILE_SELECT} WHERE files.id = ?", (cursor.lastrowid,)).fetchone())
+
+        return await self.write(op)
+
+    async def get_file(self, name: str) -> FileRecord | None:
+        def op(conn: sqlite3.Connection) -> FileRecord | None:
+            row = conn.execute(f"{_FILE_SELECT} WHERE files.name = ?", (name,)).fetchone()
+            return _file(row) if row else None
+
+        return await self.read(op)
+
+    async def list_files(self, room_id: int) -> list[FileRecord]:
+        return await self.read(lambda c: [
+            _file(r) for r in c.execute(f"{_FILE_SELECT} WHERE files.room_id = ? ORDER BY files.id", (room_id,))
+        ])
+
+    async def file_names(self) -> set[str]:
+        return await self.read(lambda c: {r[0] for r in c.execute("SELECT name FROM files")})
+
+    async def delete_file(self, name: str) -> bool:
+        return await self.write(lambda c: c.execute("DELETE FROM files WHERE name = ?", (name,)).rowcount > 0)
+
+    async def delete_files_of_room(self, room_id: int) -> list[FileRecord]:
+        def op(conn: sqlite3.Connection) -> list[FileRecord]:
+            rows = [_file(r) for r in conn.execute(f"{_FILE_SELECT} WHERE files.room_id = ?", (room_id,))]
+            conn.execute("DELETE FROM files WHERE room_id = ?", (room_id,))
+            return rows
+
+        return await self.write(op)
 
     # --- admin log ------------------------------------------------------------------------------
 

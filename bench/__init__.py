@@ -1,0 +1,1 @@
+"""Load generator and benchmarks for UtuVox: ``python -m bench <scenario>``."""

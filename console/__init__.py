@@ -1,0 +1,1 @@
+"""``utuvox-console``: the operators' cmd2 console over the server's admin socket (see console.app)."""

@@ -1,0 +1,144 @@
+"""The console's connection to the admin socket: JSON lines over a plain Unix socket.
+
+Requests go out from the command loop (the main thread, or cmd2's completion thread); one reader thread
+reads every frame the server sends, hands each reply to the request waiting for it (matched by ``re``),
+and passes everything else (events, a goodbye) to ``on_event``. Only the protocol models of
+``utuvox.protocol`` are shared with the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from utuvox.protocol import Frame, ProtocolError, Reply, Request, json_codec
+from utuvox.protocol.core import Error, Goodbye
+
+R = TypeVar("R", bound=Reply)
+
+REQUEST_TIMEOUT = 30.0
+
+
+class ServerError(Exception):
+    """The server refused a request: a stable ``code`` and a sentence for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Disconnected(Exception):
+    """There is no connection to the server (any more)."""
+
+
+class _Slot:
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: Frame | None = None
+
+
+class AdminLink:
+    def __init__(self, path: Path | str, *, on_event: Callable[[Frame], None] = lambda frame: None,
+                 on_close: Callable[[str], None] = lambda reason: None) -> None:
+        self.path = str(path)
+        self.on_event = on_event
+        self.on_close = on_close
+        self.closed = True
+        self.close_reason = "not connected"
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Slot] = {}
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+
+    def connect(self) -> None:
+        """Connect (raises ``OSError`` when the server is not there) and start reading."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.closed = False
+        self.close_reason = "connection closed"
+        threading.Thread(target=self._read, args=(sock,), name="admin-socket-reader", daemon=True).start()
+
+    def close(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def request(self, req: Request, response: type[R] | None = None, *, timeout: float = REQUEST_TIMEOUT) -> Any:
+        """Send ``req`` and wait for its answer. Raises :class:`ServerError` for an ``error`` reply and
+        :class:`Disconnected` when the connection is gone. ``response`` checks the reply's type."""
+        if self.closed or self._sock is None:
+            raise Disconnected(self.close_reason)
+        rid = next(self._ids)
+        slot = _Slot()
+        with self._lock:
+            self._pending[rid] = slot
+        try:
+            data = json_codec.encode(req.model_copy(update={"id": rid}))
+            try:
+                with self._send_lock:
+                    self._sock.sendall(data)
+            except OSError as exc:
+                raise Disconnected(f"cannot send: {exc.strerror or exc}") from None
+            deadline = time.monotonic() + timeout
+            # Short waits, so that Ctrl-C in the main thread is seen at once.
+            while not slot.done.wait(0.1):
+                if self.closed:
+                    raise Disconnected(self.close_reason)
+                if time.monotonic() > deadline:
+                    raise Disconnected(f"no answer from the server in {timeout:.0f} s")
+        finally:
+            with self._lock:
+                self._pending.pop(rid, None)
+        reply = slot.reply
+        if reply is None:
+            raise Disconnected(self.close_reason)
+        if isinstance(reply, Error):
+            raise ServerError(reply.code, reply.message)
+        if response is not None and not isinstance(reply, response):
+            raise ServerError("unexpected_reply", f"Unexpected answer from the server: {reply.type}.")
+        return reply
+
+    def _read(self, sock: socket.socket) -> None:
+        try:
+            with sock.makefile("rb") as lines:
+                for line in lines:
+                    try:
+                        frame = json_codec.decode_server_frame(line)
+                    except ProtocolError:
+                        continue  # something this console does not know: skip it
+                    rid = getattr(frame, "re", None)
+                    with self._lock:
+                        slot = self._pending.get(rid) if isinstance(rid, int) else None
+                    if slot is not None:
+                        slot.reply = frame
+                        slot.done.set()
+                        continue
+                    if isinstance(frame, Goodbye):
+                        self.close_reason = frame.reason
+                    self.on_event(frame)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.closed = True
+            with self._lock:
+                slots = list(self._pending.values())
+            for slot in slots:
+                slot.done.set()
+            self.on_close(self.close_reason)

@@ -1,0 +1,416 @@
+"""Administration: the admin requests of operators (the admin socket) and of admin users in chat.
+
+Both places call the same handlers, installed into :attr:`Chat.handlers` by :func:`install`. Every
+action that changes something or reads people's conversations is written to the admin log (who, what,
+target, outcome) whatever its outcome, and is announced to the other operators on the admin socket. No
+password or key ever reaches the admin log or the server's log: only the fact that one changed.
+
+``tail`` is an operator's subscription to every room's events: :class:`TapBus` wraps the chat's bus and
+hands each published event to the tapping sessions too, so rooms created later are covered without any
+bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from utuvox.protocol import Code, ProtocolError, Reply, iso, utc_now
+from utuvox.protocol import admin as a
+from utuvox.protocol import core as p
+from utuvox.store import Conflict, StoreError
+
+from .bus import Bus
+from .rooms import Room
+from .service import Chat
+from .session import Identity, Session
+from .wire import Wire
+
+log = logging.getLogger("utuvox.admin")
+
+RATE_WINDOW = 10  # seconds over which stats reports rates
+VIEW_HISTORY_DEFAULT = 100  # events view_room_history shows when no limit is given
+
+
+class TapBus:
+    """A :class:`Bus` that also delivers every published event to the sessions tailing it.
+
+    ``taps`` maps a tailing session to the room key it follows, or ``None`` for every room. A session
+    that is a member of the room gets the event once, as a member.
+    """
+
+    def __init__(self, inner: Bus) -> None:
+        self.inner = inner
+        self.taps: dict[Session, str | None] = {}
+
+    def subscribe(self, room_key: str, session: Session) -> None:
+        self.inner.subscribe(room_key, session)
+
+    def unsubscribe(self, room_key: str, session: Session) -> None:
+        self.inner.unsubscribe(room_key, session)
+
+    def publish(self, room_key: str, wire: Wire) -> None:
+        self.inner.publish(room_key, wire)
+        if self.taps:
+            for session in self.tapping(room_key):
+                session.peer.deliver(wire)
+
+    def members(self, room_key: str) -> Iterable[Session]:
+        return self.inner.members(room_key)
+
+    def drop_room(self, room_key: str) -> list[Session]:
+        return self.inner.drop_room(room_key)
+
+    def tapping(self, room_key: str) -> list[Session]:
+        """The tailing sessions that follow ``room_key`` and are not members of it."""
+        return [s for s, only in tuple(self.taps.items())
+                if (only is None or only == room_key) and all(r.lower() != room_key for r in s.rooms)]
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything else (counters such as ``deliveries``) is the inner bus's.
+        return getattr(self.inner, name)
+
+
+@dataclass
+class Audit:
+    """What an action tells the admin log besides who and what: the target, and a detail without secrets."""
+
+    target: str | None = None
+    detail: str | None = None
+
+
+Action = Callable[[Session, Any, Audit], Awaitable[Reply | None]]
+
+
+class Administration:
+    def __init__(self, chat: Chat) -> None:
+        self.chat = chat
+        self.bus = TapBus(chat.bus)
+        chat.bus = self.bus
+        self.closed_sessions = 0
+        self.closed_bytes = 0
+        self._samples: deque[tuple[float, int, int]] = deque(maxlen=RATE_WINDOW + 1)
+        chat.on_disconnect.append(self._on_disconnect)
+        # (request type, action, written to the admin log, announced to the other operators)
+        for kind, action, logged, notify in [
+            ("delete_room", self._delete_room, True, True),
+            ("add_user", self._add_user, True, True),
+            ("edit_user", self._edit_user, True, True),
+            ("view_users", self._view_users, False, False),
+            ("view_room_history", self._view_room_history, True, False),
+            ("ban_user", self._ban_user, True, True),
+            ("unban_user", self._unban_user, True, True),
+            ("change_admin_key", self._change_admin_key, True, True),
+            ("who", self._who, False, False),
+            ("kick", self._kick, True, True),
+            ("announce", self._announce, True, True),
+            ("stats", self._stats, False, False),
+            ("admin_log", self._admin_log, False, False),
+            ("tail", self._tail, True, False),
+            ("untail", self._untail, False, False),
+        ]:  # fmt: skip
+            chat.handlers[kind] = self._audited(kind, action, logged=logged, notify=notify)
+
+    # --- the admin log --------------------------------------------------------------------------
+
+    def _audited(self, kind: str, action: Action, *, logged: bool, notify: bool) -> Callable[..., Any]:
+        async def handler(session: Session, req: Any) -> Reply | None:
+            audit = Audit(target=getattr(req, "username", None) or getattr(req, "room", None))
+            outcome = "ok"
+            try:
+                return await action(session, req, audit)
+            except ProtocolError as exc:
+                outcome = exc.code
+                raise
+            except StoreError:
+                outcome = Code.STORAGE
+                raise
+            except trio.Cancelled:
+                outcome = "interrupted"
+                raise
+            except Exception:
+                outcome = Code.INTERNAL
+                raise
+            finally:
+                if logged:
+                    with trio.CancelScope(shield=True), trio.move_on_after(10):
+                        await self.record(session.actor, session.transport, kind, audit, str(outcome))
+                    if notify and outcome == "ok":
+                        self.tell_operators(a.AdminAction(actor=session.actor, action=kind, target=audit.target,
+                                                          detail=audit.detail), besides=session)
+
+        return handler
+
+    async def record(self, actor: str, via: str, action: str, audit: Audit, outcome: str) -> None:
+        """One row of the admin log (and one line of the server's log). Never raises for a storage error."""
+        log.info("admin: %s via %s: %s %s -> %s", actor, via, action, audit.target or "-", outcome)
+        try:
+            await self.chat.store.add_admin_log(actor=actor, via=via, action=action, target=audit.target,
+                                                outcome=outcome, detail=audit.detail)
+        except StoreError as exc:
+            log.error("could not write the admin log (%s by %s): %s", action, actor, exc)
+
+    async def operator_connected(self, operator: str, uid: int | None, pid: int | None) -> None:
+        """The admin socket accepted a connection from OS user ``operator``: that goes to the admin log."""
+        detail = f"uid {uid}, pid {pid}" if uid is not None else None
+        await self.record(f"console:{operator}", "admin", "connect", Audit(detail=detail), "ok")
+
+    def tell_operators(self, event: a.AdminAction, *, besides: Session | None = None) -> None:
+        wire = Wire(event)
+        for session in tuple(self.chat.sessions.values()):
+            if session.transport == "admin" and session is not besides:
+                session.peer.deliver(wire)
+
+    # --- rooms ----------------------------------------------------------------------------------
+
+    async def delete_room(self, room: Room, by: str) -> None:
+        """Delete a room with its history, even with members inside: they are told and removed. A room
+        created later under the same name starts fresh."""
+        chat = self.chat
+        room.deleted = True  # from here on nothing new is published to it, nobody can enter it
+        if chat.rooms.get(room.key) is room:
+            del chat.rooms[room.key]
+        wire = Wire(p.RoomDeleted(room=room.name, by=by))
+        members = self.bus.drop_room(room.key)
+        for session in [*members, *self.bus.tapping(room.key)]:
+            session.peer.deliver(wire)
+        for session in members:
+            if room.name in session.rooms:
+                session.rooms.remove(room.name)
+        for session, only in tuple(self.bus.taps.items()):
+            if only == room.key:
+                del self.bus.taps[session]
+        try:
+            await chat.store.delete_room(room.id)
+        except StoreError:
+            # Still stored, so it still exists (empty of members); the caller reports the failure.
+            room.deleted = False
+            chat.rooms.setdefault(room.key, room)
+            raise
+        log.info("room %s deleted by %s (%d sessions removed)", room.name, by, len(members))
+        for hook in chat.on_room_deleted:
+            try:
+                await hook(room)
+            except Exception:
+                log.exception("cleanup after deleting room %s failed", room.name)
+
+    async def _delete_room(self, session: Session, req: a.DeleteRoom, audit: Audit) -> Reply:
+        room = self.chat.room(req.room)
+        audit.target = room.name
+        await self.delete_room(room, session.actor)
+        return p.Ok(re=req.id, room=room.name)
+
+    async def _view_room_history(self, session: Session, req: a.ViewRoomHistory, audit: Audit) -> Reply:
+        room = self.chat.room(req.room)
+        audit.target = room.name
+        limit = min(req.limit or VIEW_HISTORY_DEFAULT, self.chat.config.history_page_max)
+        events, more = await self.chat.history_page(room, req.before, limit)
+        return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
+
+    # --- users ----------------------------------------------------------------------------------
+
+    async def _user(self, name: str) -> Any:
+        user = await self.chat.store.get_user(name)
+        if user is None:
+            raise ProtocolError(Code.NO_SUCH_USER, f"User '{name}' does not exist.")
+        return user
+
+    async def _add_user(self, session: Session, req: a.AddUser, audit: Audit) -> Reply:
+        store = self.chat.store
+        if await store.get_user(req.username) is not None:
+            raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
+        hashed = await self.chat.passwords.hash(req.password)
+        try:
+            user = await store.create_user(req.username, hashed, is_admin=req.is_admin, is_bot=req.bot)
+        except Conflict:
+            raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.") from None
+        audit.target = user.name
+        audit.detail = f"admin={user.is_admin}, bot={user.is_bot}"
+        return p.Ok(re=req.id)
+
+    async def _edit_user(self, session: Session, req: a.EditUser, audit: Audit) -> Reply:
+        user = await self._user(req.username)
+        audit.target = user.name
+        changes: dict[str, Any] = {}
+        said: list[str] = []
+        if req.new_password is not None:
+            changes["password_hash"] = await self.chat.passwords.hash(req.new_password)
+            said.append("password changed")
+        if req.is_admin is not None and req.is_admin != user.is_admin:
+            changes["is_admin"] = req.is_admin
+            said.append(f"admin={req.is_admin}")
+        if req.bot is not None and req.bot != user.is_bot:
+            changes["is_bot"] = req.bot
+            said.append(f"bot={req.bot}")
+        if not changes:
+            raise ProtocolError(Code.BAD_REQUEST, "No changes specified.")
+        await self.chat.store.update_user(user.name, **changes)
+        audit.detail = ", ".join(said)
+        is_admin = changes.get("is_admin", user.is_admin)
+        identity = Identity(user.name, is_admin, changes.get("is_bot", user.is_bot))
+        for live in self.chat.sessions_of(user.name):
+            live.user = identity  # takes effect at once, for the next request
+            if "is_admin" in changes:
+                old, new = ("a regular user", "an admin") if is_admin else ("an admin", "a regular user")
+                live.peer.send(p.Notice(text=f"Your status has changed from {old} to {new} by admin "
+                                             f"'{session.actor}'."))
+                if not live.is_operator:
+                    self.bus.taps.pop(live, None)
+        return p.Ok(re=req.id)
+
+    async def _view_users(self, session: Session, req: a.ViewUsers, audit: Audit) -> Reply:
+        users = [
+            a.AccountInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot, banned=u.banned, ban_reason=u.ban_reason,
+                          created_at=u.created_at, sessions=len(self.chat.by_user.get(u.name.lower(), ())))
+            for u in await self.chat.store.list_users()
+        ]
+        return a.UserTable(re=req.id, users=users)
+
+    async def _ban_user(self, session: Session, req: a.BanUser, audit: Audit) -> Reply:
+        user = await self._user(req.username)
+        audit.target = user.name
+        if session.user is not None and session.user.key == user.name.lower():
+            raise ProtocolError(Code.FORBIDDEN, "You cannot ban yourself.")
+        await self.chat.store.update_user(user.name, banned=True, ban_reason=req.reason)
+        reason = "You have been banned by an admin" + (f": {req.reason}" if req.reason else ".")
+        live = self.chat.sessions_of(user.name)
+        for victim in live:
+            victim.peer.close(reason, "banned")
+        audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{len(live)} session(s) disconnected"
+        return p.Ok(re=req.id)
+
+    async def _unban_user(self, session: Session, req: a.UnbanUser, audit: Audit) -> Reply:
+        user = await self._user(req.username)
+        audit.target = user.name
+        await self.chat.store.update_user(user.name, banned=False, ban_reason=None)
+        return p.Ok(re=req.id)
+
+    async def _change_admin_key(self, session: Session, req: a.ChangeAdminKey, audit: Audit) -> Reply:
+        audit.target = None
+        try:
+            await self.chat.admin_key.change(req.new_key)
+        except OSError as exc:
+            log.error("could not save the admin key: %s", exc.strerror or type(exc).__name__)
+            raise ProtocolError(Code.STORAGE, "The admin key could not be saved; it is unchanged.") from None
+        return p.Ok(re=req.id)
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    async def _who(self, session: Session, req: a.Who, audit: Audit) -> Reply:
+        sessions = [
+            a.SessionInfo(id=s.id, user=s.user.name if s.user else None, is_admin=bool(s.user and s.user.is_admin),
+                          transport=s.transport, address=s.address, rooms=list(s.rooms), connected_at=s.connected_at,
+                          operator=s.operator, tailing=s in self.bus.taps,
+                          bytes_sent=getattr(s.peer, "bytes_sent", 0))
+            for s in sorted(self.chat.sessions.values(), key=lambda s: s.id)
+        ]
+        return a.SessionList(re=req.id, sessions=sessions)
+
+    async def _kick(self, session: Session, req: a.Kick, audit: Audit) -> Reply:
+        reason = "You have been kicked by an admin" + (f": {req.reason}" if req.reason else ".")
+        if req.session is not None:
+            victim = self.chat.sessions.get(req.session)
+            audit.target = f"#{req.session}"
+            if victim is None:
+                raise ProtocolError(Code.USER_OFFLINE, f"No session #{req.session} is connected.")
+            if victim.user is not None:
+                audit.target = f"#{req.session} ({victim.user.name})"
+            victim.peer.close(reason, "kicked")
+            return a.Kicked(re=req.id, session=req.session, user=victim.user.name if victim.user else None, count=1)
+        assert req.username is not None
+        victims = self.chat.sessions_of(req.username)
+        if not victims:
+            user = await self._user(req.username)
+            raise ProtocolError(Code.USER_OFFLINE, f"User '{user.name}' is not online.")
+        name = victims[0].user.name if victims[0].user else req.username
+        audit.target = name
+        for victim in victims:
+            victim.peer.close(reason, "kicked")
+        audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{len(victims)} session(s)"
+        return a.Kicked(re=req.id, user=name, count=len(victims))
+
+    async def _announce(self, session: Session, req: a.Announce, audit: Audit) -> Reply:
+        if len(req.text) > self.chat.config.max_message_chars:
+            raise ProtocolError(Code.TOO_LONG,
+                                f"Message is longer than {self.chat.config.max_message_chars} characters.")
+        if not req.text.strip():
+            raise ProtocolError(Code.EMPTY, "Message is empty.")
+        room = self.chat.room(req.room) if req.room else None
+        audit.target = room.name if room else None
+        wire = Wire(p.Announcement(text=req.text, room=room.name if room else None, by=session.actor))
+        if room is None:
+            targets: Iterable[Session] = tuple(self.chat.sessions.values())
+        else:
+            targets = [*self.bus.members(room.key), *self.bus.tapping(room.key)]
+        for target in targets:
+            target.peer.deliver(wire)
+        return p.Ok(re=req.id, room=room.name if room else None)
+
+    async def _tail(self, session: Session, req: a.Tail, audit: Audit) -> Reply:
+        room = self.chat.room(req.room) if req.room else None
+        audit.target = room.name if room else None
+        self.bus.taps[session] = room.key if room else None
+        return p.Ok(re=req.id, room=room.name if room else None)
+
+    async def _untail(self, session: Session, req: a.Untail, audit: Audit) -> Reply:
+        self.bus.taps.pop(session, None)
+        return p.Ok(re=req.id)
+
+    async def _on_disconnect(self, session: Session) -> None:
+        self.bus.taps.pop(session, None)
+        self.closed_sessions += 1
+        self.closed_bytes += getattr(session.peer, "bytes_sent", 0)
+
+    # --- statistics -----------------------------------------------------------------------------
+
+    def bytes_sent(self) -> int:
+        return self.closed_bytes + sum(getattr(s.peer, "bytes_sent", 0) for s in self.chat.sessions.values())
+
+    async def sample_rates(self, *, interval: float = 1.0) -> None:
+        """Run in the server's nursery: a sample a second, so ``stats`` can report recent rates."""
+        while True:
+            self._samples.append((trio.current_time(), self.chat.messages_sent, self.bytes_sent()))
+            await trio.sleep(interval)
+
+    def rates(self, messages: int, sent: int) -> tuple[float, float]:
+        if not self._samples:
+            elapsed = max((utc_now() - self.chat.started_at).total_seconds(), 1e-3)
+            return messages / elapsed, sent / elapsed
+        then, old_messages, old_sent = self._samples[0]
+        elapsed = max(trio.current_time() - then, 1e-3)
+        return (messages - old_messages) / elapsed, (sent - old_sent) / elapsed
+
+    async def _stats(self, session: Session, req: a.Stats, audit: Audit) -> Reply:
+        chat = self.chat
+        by_transport: dict[str, int] = {}
+        for s in chat.sessions.values():
+            by_transport[s.transport] = by_transport.get(s.transport, 0) + 1
+        sent = self.bytes_sent()
+        messages_rate, bytes_rate = self.rates(chat.messages_sent, sent)
+        now = utc_now()
+        return a.ServerStats(
+            re=req.id, started_at=chat.started_at, uptime=(now - chat.started_at).total_seconds(),
+            connections=len(chat.sessions), by_transport=by_transport,
+            connections_total=self.closed_sessions + len(chat.sessions),
+            users_online=len(chat.by_user), users_registered=len(await chat.store.list_users()),
+            rooms=len(chat.rooms), messages=chat.messages_sent, messages_per_second=round(messages_rate, 2),
+            bytes_sent=sent, bytes_per_second=round(bytes_rate, 1),
+        )
+
+    async def _admin_log(self, session: Session, req: a.AdminLogQuery, audit: Audit) -> Reply:
+        rows = await self.chat.store.admin_log(actor=req.actor, action=req.action,
+                                               since=iso(req.since) if req.since else None, limit=req.limit)
+        entries = [a.AdminLogEntry(id=r.id, ts=r.ts, actor=r.actor, via=r.via, action=r.action, target=r.target,
+                                   outcome=r.outcome, detail=r.detail) for r in rows]
+        return a.AdminLogPage(re=req.id, entries=entries)
+
+
+def install(chat: Chat) -> Administration:
+    """Add the admin requests to ``chat``; call right after creating it. The server runs
+    :meth:`Administration.sample_rates` in its nursery and reports admin socket connections to it."""
+    return Administration(chat)

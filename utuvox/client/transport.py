@@ -1,0 +1,169 @@
+"""Byte pipes to the server: JSON lines over TCP, one JSON text message per frame over WebSocket.
+
+Both present the same three calls (send a frame, receive a frame, close), so the client above them
+never knows which it has. URLs: ``tcp://host:port`` (the default scheme), ``ws://host:port[/path]`` and
+``wss://...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import trio
+import trio_websocket
+
+DEFAULT_TCP_PORT = 9090
+DEFAULT_WS_PORT = 9091
+# Frames from the server can be larger than what it accepts from clients (a history page, a download
+# chunk); this bounds the memory one frame may take.
+MAX_FRAME = 16 * 1024 * 1024
+
+
+class TransportClosed(Exception):
+    """The connection is gone (closed by either side, or broken)."""
+
+
+@dataclass(frozen=True)
+class Address:
+    scheme: str  # "tcp", "ws" or "wss"
+    host: str
+    port: int
+    path: str = "/"
+
+    def __str__(self) -> str:
+        if self.scheme == "tcp":
+            return f"tcp://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+
+def parse_url(url: str) -> Address:
+    """``tcp://127.0.0.1:9090``, ``ws://127.0.0.1:9091``, ``wss://chat.example/ws`` or a bare ``host:port``
+    (TCP). Raises ``ValueError`` for anything else."""
+    if "://" not in url:
+        url = "tcp://" + url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("tcp", "ws", "wss"):
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use tcp://, ws:// or wss://")
+    if not parts.hostname:
+        raise ValueError(f"no host in URL {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"bad port in URL {url!r}") from None
+    if port is None:
+        port = {"tcp": DEFAULT_TCP_PORT, "ws": DEFAULT_WS_PORT, "wss": 443}[scheme]
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Address(scheme, parts.hostname, port, path)
+
+
+class Transport(Protocol):
+    async def send(self, frame: bytes) -> None:
+        """Send one encoded frame (a JSON object followed by a newline)."""
+
+    async def receive(self) -> bytes | str:
+        """The next frame. Raises :class:`TransportClosed` once the connection is gone."""
+
+    async def aclose(self) -> None: ...
+
+
+class TcpTransport:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+        self._scan = 0
+        # trio streams refuse concurrent send_all calls; requests from many tasks take turns.
+        self._send_lock = trio.Lock()
+
+    @classmethod
+    async def open(cls, address: Address) -> TcpTransport:
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        return cls(stream)
+
+    async def send(self, frame: bytes) -> None:
+        async with self._send_lock:
+            try:
+                await self._stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise TransportClosed(str(exc) or "connection lost") from exc
+
+    async def receive(self) -> bytes:
+        while True:
+            nl = self._buf.find(b"\n", self._scan)
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                self._scan = 0
+                return line
+            self._scan = len(self._buf)
+            if len(self._buf) > MAX_FRAME:
+                raise TransportClosed(f"the server sent a frame larger than {MAX_FRAME} bytes")
+            try:
+                data = await self._stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise TransportClosed(str(exc) or "connection lost") from exc
+            if not data:
+                raise TransportClosed("the server closed the connection")
+            self._buf += data
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            with contextlib.suppress(trio.BrokenResourceError, OSError):
+                await self._stream.aclose()
+
+
+class WebSocketTransport:
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        self._send_lock = trio.Lock()
+
+    @classmethod
+    async def open(cls, address: Address, nursery: trio.Nursery) -> WebSocketTransport:
+        # The connection's background reader lives in the client's nursery, so it outlives this call.
+        ctx = ssl.create_default_context() if address.scheme == "wss" else None
+        try:
+            ws = await trio_websocket.connect_websocket(
+                nursery, address.host, address.port, address.path, use_ssl=ctx or False,
+                max_message_size=MAX_FRAME, message_queue_size=64,
+            )
+        except trio_websocket.HandshakeError as exc:
+            raise OSError(f"WebSocket handshake failed: {exc}") from exc
+        return cls(ws)
+
+    async def send(self, frame: bytes) -> None:
+        async with self._send_lock:
+            try:
+                await self._ws.send_message(frame.rstrip(b"\n").decode())
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
+                raise TransportClosed("the WebSocket is closed") from exc
+
+    async def receive(self) -> bytes | str:
+        try:
+            return await self._ws.get_message()
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
+            raise TransportClosed("the WebSocket is closed") from exc
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError):
+                await self._ws.aclose()
+
+
+async def open_transport(address: Address, nursery: trio.Nursery, *, timeout: float) -> Transport:
+    """Connect, or raise ``OSError`` (refused, unreachable, timed out, handshake failed)."""
+    with trio.move_on_after(timeout):
+        if address.scheme == "tcp":
+            return await TcpTransport.open(address)
+        return await WebSocketTransport.open(address, nursery)
+    raise OSError(f"timed out connecting to {address}")
