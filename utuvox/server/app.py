@@ -78,6 +78,21 @@ class Server:
             log.info("server stopped")
 
     async def _serve(self, store: SqliteStore, key: str, task_status: Any) -> None:
+        # Catch the signals before announcing the ports: a script that reads the startup lines and signals
+        # at once must get a clean shutdown, not a KeyboardInterrupt.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(self._stop_on_signal, signals)
+                await self._serve_until_stopped(store, key, task_status)
+                watcher.cancel_scope.cancel()
+
+    async def _stop_on_signal(self, signals: Any) -> None:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            self._stop.set()
+            return
+
+    async def _serve_until_stopped(self, store: SqliteStore, key: str, task_status: Any) -> None:
         s = self.settings
         async with trio.open_nursery() as services:
             self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
@@ -93,24 +108,10 @@ class Server:
                     self.announce(f"Admin key: {key}")
                     log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
                     task_status.started(self)
-                    await self._wait_for_stop()
+                    await self._stop.wait()
                     listeners.cancel_scope.cancel()
                 await self._say_goodbye(chat, sessions)
             services.cancel_scope.cancel()
-
-    async def _wait_for_stop(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-
-                async def on_signal() -> None:
-                    async for signum in signals:
-                        log.info("received %s, shutting down", signal.Signals(signum).name)
-                        self._stop.set()
-                        return
-
-                nursery.start_soon(on_signal)
-                await self._stop.wait()
-                nursery.cancel_scope.cancel()
 
     async def _say_goodbye(self, chat: Chat, sessions: trio.Nursery) -> None:
         for session in list(chat.sessions.values()):
