@@ -40,6 +40,12 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger("utuvox.store")
 
+INSERT_EVENT = "INSERT INTO events(room_id, seq, ts, type, user, body) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def _event_row(event: StoredEvent) -> tuple[Any, ...]:
+    return (event.room_id, event.seq, event.ts, event.type, event.user, event.body)
+
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -52,6 +58,8 @@ class SchemaTooNew(StoreError):
 class _Pending:
     op: Op
     on_done: Callable[[Any, BaseException | None], None]
+    # For a history row: the row itself, so consecutive rows go in with one executemany.
+    row: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -194,19 +202,28 @@ class SqliteStore:
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for item in batch:
-                conn.execute("SAVEPOINT op")
+            i, n = 0, len(batch)
+            while i < n:
+                if batch[i].row is None:
+                    outcomes.append(self._run_one(conn, batch[i]))
+                    i += 1
+                    continue
+                # A run of history rows (the common case under load): one statement for all of them;
+                # only if it fails, one at a time, so a bad row fails alone.
+                j = i
+                while j < n and batch[j].row is not None:
+                    j += 1
+                run = batch[i:j]
+                conn.execute("SAVEPOINT rows")
                 try:
-                    outcomes.append((item.op(conn), None))
-                    conn.execute("RELEASE op")
-                except sqlite3.IntegrityError as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((None, Conflict(str(exc))))
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((None, exc))
+                    conn.executemany(INSERT_EVENT, [item.row for item in run])
+                    conn.execute("RELEASE rows")
+                    outcomes.extend([(None, None)] * len(run))
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO rows")
+                    conn.execute("RELEASE rows")
+                    outcomes.extend(self._run_one(conn, item) for item in run)
+                i = j
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The transaction as a whole failed (disk full, I/O error): nothing of it is stored.
@@ -217,11 +234,30 @@ class SqliteStore:
             return [(None, error)] * len(batch)
         return outcomes
 
-    def submit(self, op: Op, on_done: Callable[[Any, BaseException | None], None]) -> None:
+    @staticmethod
+    def _run_one(conn: sqlite3.Connection, item: _Pending) -> tuple[Any, BaseException | None]:
+        conn.execute("SAVEPOINT op")
+        try:
+            result = item.op(conn)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return None, Conflict(str(exc))
+        except sqlite3.OperationalError:
+            raise  # disk full, I/O error: the whole transaction fails
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return None, exc
+        conn.execute("RELEASE op")
+        return result, None
+
+    def submit(self, op: Op, on_done: Callable[[Any, BaseException | None], None],
+               row: tuple[Any, ...] | None = None) -> None:
         if self._closed:
             on_done(None, StoreError("the store is closed"))
             return
-        self._pending.append(_Pending(op, on_done))
+        self._pending.append(_Pending(op, on_done, row))
         if len(self._pending) == 1:
             self._wake.unpark()
 
@@ -339,15 +375,12 @@ class SqliteStore:
     @staticmethod
     def _insert_event(event: StoredEvent) -> Op:
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO events(room_id, seq, ts, type, user, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (event.room_id, event.seq, event.ts, event.type, event.user, event.body),
-            )
+            conn.execute(INSERT_EVENT, _event_row(event))
 
         return op
 
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(self._insert_event(event), lambda _result, error: on_commit(error))
+        self.submit(self._insert_event(event), lambda _result, error: on_commit(error), _event_row(event))
 
     async def append_event(self, event: StoredEvent) -> None:
         await self.write(self._insert_event(event))
