@@ -24,6 +24,7 @@ from utuvox.store import SqliteStore
 
 from .admin_socket import peer_credentials, serve_admin_socket
 from .connection import LineConnection, WebSocketConnection
+from .outbox import Flusher
 from .session_loop import run_session
 from .settings import Settings
 
@@ -53,6 +54,7 @@ class Server:
         self.store: SqliteStore | None = None
         self._stop = trio.Event()
         self.admin_key = AdminKey(settings.admin_key_path)
+        self.flusher = Flusher()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -95,6 +97,7 @@ class Server:
     async def _serve_until_stopped(self, store: SqliteStore, key: str, task_status: Any) -> None:
         s = self.settings
         async with trio.open_nursery() as services:
+            await services.start(self.flusher.run)
             self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
             self.files = await services.start(install_files(chat, s.file_config()).run)
             self.admin = admin.install(chat)
@@ -142,7 +145,8 @@ class Server:
         if self.admin is not None:
             await self.admin.operator_connected(operator, uid, pid)
         conn = LineConnection(stream, "admin", f"unix:{operator}" + (f" pid {pid}" if pid else ""), s.max_frame_bytes)
-        await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, operator=operator)
+        await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, flusher=self.flusher,
+                          operator=operator)
 
     async def _on_tcp(self, chat: Chat, stream: trio.SocketStream) -> None:
         s = self.settings
@@ -161,7 +165,7 @@ class Server:
                 return
         codec = "json" if first.lstrip()[:1] == b"{" else "text"
         conn = LineConnection(stream, "tcp", address, s.max_frame_bytes, initial=first)
-        await run_session(chat, conn, codec, queue_limit=s.send_queue_frames)
+        await run_session(chat, conn, codec, queue_limit=s.send_queue_frames, flusher=self.flusher)
 
     async def _on_websocket(self, chat: Chat, request: trio_websocket.WebSocketRequest) -> None:
         try:
@@ -171,4 +175,4 @@ class Server:
         remote = ws.remote
         address = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
         conn = WebSocketConnection(ws, address, self.settings.max_frame_bytes)
-        await run_session(chat, conn, "json", queue_limit=self.settings.send_queue_frames)
+        await run_session(chat, conn, "json", queue_limit=self.settings.send_queue_frames, flusher=self.flusher)

@@ -20,10 +20,25 @@ class Connection(Protocol):
         """The next frame, or ``None`` once the peer has gone. Raises ``ProtocolError`` for a frame over
         the size limit; the connection stays usable."""
 
-    async def send_batch(self, frames: list[bytes]) -> None:
-        """Send encoded frames (each a complete line) in as few writes as the transport allows."""
+    def pack(self, frames: list[bytes]) -> bytes:
+        """Encoded frames (each a complete line) as the bytes to put on the wire, in order."""
+
+    def direct_fd(self) -> int | None:
+        """A non-blocking file descriptor that ``pack``'s bytes may be written to right now, or None when
+        the transport must go through :meth:`send_raw` (TLS, or a WebSocket mid-way through a write)."""
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes made by ``pack``, waiting for the socket as needed."""
 
     async def aclose(self) -> None: ...
+
+
+def _socket_fd(stream: object) -> int | None:
+    """The descriptor of a plain socket stream that is still open; None for anything else (TLS)."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    fd = stream.socket.fileno()
+    return fd if fd >= 0 else None
 
 
 class LineConnection:
@@ -86,15 +101,24 @@ class LineConnection:
                 continue
             self._feed(data)
 
-    async def send_batch(self, frames: list[bytes]) -> None:
-        await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+    def pack(self, frames: list[bytes]) -> bytes:
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def direct_fd(self) -> int | None:
+        return _socket_fd(self.stream)
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
 
     async def aclose(self) -> None:
         await self.stream.aclose()
 
 
 class WebSocketConnection:
-    """One JSON frame per WebSocket text message."""
+    """One JSON frame per WebSocket text message.
+
+    Sending goes around trio-websocket's one-call-per-message path (see :meth:`pack`) but through
+    its stream and its lock, so frames never interleave with the ones it writes itself."""
 
     transport = "ws"
 
@@ -112,12 +136,34 @@ class WebSocketConnection:
             raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
         return message
 
-    async def send_batch(self, frames: list[bytes]) -> None:
-        try:
-            for frame in frames:
-                await self.ws.send_message(frame[:-1].decode())
-        except trio_websocket.ConnectionClosed as exc:
-            raise trio.BrokenResourceError("WebSocket closed") from exc
+    def pack(self, frames: list[bytes]) -> bytes:
+        # Server-to-client frames are unmasked, so a text frame is a header and the payload: cheap
+        # enough to build here, for a whole batch at once, instead of one library call per message.
+        out = bytearray()
+        for frame in frames:
+            payload = frame[:-1]  # without the newline of the line codecs
+            n = len(payload)
+            if n < 126:
+                out += bytes((0x81, n))
+            elif n < 65536:
+                out += b"\x81\x7e" + n.to_bytes(2, "big")
+            else:
+                out += b"\x81\x7f" + n.to_bytes(8, "big")
+            out += payload
+        return bytes(out)
+
+    def direct_fd(self) -> int | None:
+        ws = self.ws
+        if ws._close_reason is not None or ws._stream_lock.locked():
+            return None  # closing, or the library is writing (a pong, a close frame): go through its lock
+        return _socket_fd(ws._stream)
+
+    async def send_raw(self, data: bytes) -> None:
+        ws = self.ws
+        if ws._close_reason is not None:
+            raise trio.BrokenResourceError("WebSocket closed")
+        async with ws._stream_lock:
+            await ws._stream.send_all(data)
 
     async def aclose(self) -> None:
         await self.ws.aclose()

@@ -1,13 +1,21 @@
-"""Each session's writer: a bounded queue drained by one task that sends everything queued in one write.
+"""Each session's outgoing side: a bounded queue, written out in batches.
 
-Events arrive as :class:`Wire` objects already encoded once for everybody; this side only picks the
+Events arrive as :class:`Wire` objects already encoded once for everybody; an outbox only picks the
 bytes for its codec. A member whose queue fills up is cut off with a reason, so it never slows the
-room; bulk transfers the session asked for itself use :meth:`send_paced` and wait instead.
+room; bulk transfers the session asked for itself use :meth:`Outbox.send_paced` and wait instead.
+
+Writing is done by the :class:`Flusher`, not by a task per session: whatever was queued during one
+turn of the event loop (a whole group commit's worth of deliveries) is written by one task in one
+pass, with one non-blocking ``write`` per connection. Waking a writer task per member per message
+costs more than the write itself; a room of 50 would pay it 50 times per message. Only when the
+kernel's buffer is full (or the transport cannot be written to directly: TLS) does the session's own
+writer task take over and wait for the socket.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from typing import Literal
 
@@ -25,20 +33,50 @@ log = logging.getLogger("utuvox.server")
 Codec = Literal["json", "text"]
 
 
+class Flusher:
+    """Writes out every outbox that got data since it last ran. One per server."""
+
+    def __init__(self) -> None:
+        self._dirty: list[Outbox] = []
+        self._wake = trio.lowlevel.ParkingLot()
+
+    def mark(self, outbox: Outbox) -> None:
+        if not self._dirty:
+            self._wake.unpark()
+        self._dirty.append(outbox)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            if not self._dirty:
+                await self._wake.park()
+            dirty, self._dirty = self._dirty, []
+            for outbox in dirty:
+                outbox.flush()
+            # Let the tasks that were woken meanwhile run before the next pass, so it gathers more.
+            await trio.lowlevel.checkpoint()
+
+
 class Outbox:
-    def __init__(self, conn: Connection, codec: Codec, limit: int, *, paced_bytes: int = 1024 * 1024) -> None:
+    def __init__(self, conn: Connection, codec: Codec, limit: int, flusher: Flusher, *,
+                 paced_bytes: int = 1024 * 1024) -> None:
         self.conn = conn
         self.codec = codec
         self.limit = limit
+        self.flusher = flusher
         # send_paced waits while this many bytes are queued (or half the frame limit): bulk frames are
         # large (a download chunk is ~60 KB), so a frame count alone would let megabytes pile up.
         self.paced_bytes = paced_bytes
         self._queued_bytes = 0  # bytes of the encoded frames queued (shared events not counted)
         self.session: Session | None = None
         self._queue: deque[bytes | Wire] = deque()
+        self._marked = False  # waiting in the flusher's list
+        self._writing = False  # the writer task owns the socket until the queue is empty
+        self._backlog = b""  # what a direct write could not send; the writer task sends it first
         self._ready = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self.closing = False
+        self.detached = False
         self.cut_off: str | None = None
         self.scope: trio.CancelScope | None = None
         self.bytes_sent = 0
@@ -48,14 +86,16 @@ class Outbox:
     def _put(self, item: bytes | Wire) -> None:
         if self.closing:
             return
-        if len(self._queue) >= self.limit:
+        queue = self._queue
+        if len(queue) >= self.limit:
             self._overflow()
             return
-        self._queue.append(item)
-        if isinstance(item, bytes):
-            self._queued_bytes += len(item)
-        if len(self._queue) == 1:
-            self._ready.unpark()
+        queue.append(item)
+        if item.__class__ is bytes:
+            self._queued_bytes += len(item)  # type: ignore[arg-type]
+        if not self._marked and not self._writing:
+            self._marked = True
+            self.flusher.mark(self)
 
     def deliver(self, wire: Wire) -> None:
         self._put(wire)
@@ -75,13 +115,19 @@ class Outbox:
         if self.closing:
             return
         self.send(Goodbye(reason=reason, code=code))
-        self.closing = True
-        self._ready.unpark()
+        self.finish()
 
     def finish(self) -> None:
-        """Accept nothing more; the writer returns once the queue is empty."""
+        """Accept nothing more; the writer task returns once everything queued is sent."""
         self.closing = True
+        self._writing = True
         self._ready.unpark()
+
+    def detach(self) -> None:
+        """The connection is about to be closed: never touch its file descriptor again."""
+        self.detached = True
+        self.closing = True
+        self._queue.clear()
 
     def _overflow(self) -> None:
         who = self.session.user.name if self.session and self.session.user else "anonymous"
@@ -103,29 +149,68 @@ class Outbox:
             return json_codec.encode(frame)
         return text_codec.render(frame, request=request, current_room=self._current_room()).encode()
 
-    def _bytes(self, item: bytes | Wire) -> bytes:
-        if isinstance(item, bytes):
-            return item
-        return item.json if self.codec == "json" else item.text(self._current_room())
+    def _take(self) -> bytes:
+        """Everything queued, as the bytes to put on the wire."""
+        queue, self._queue = self._queue, deque()
+        self._queued_bytes = 0
+        if self.codec == "json":
+            frames = [item if item.__class__ is bytes else item.json for item in queue]  # type: ignore[union-attr]
+        else:
+            room = self._current_room()
+            frames = [item if item.__class__ is bytes else item.text(room) for item in queue]  # type: ignore[union-attr]
+        self._space.unpark_all()
+        return self.conn.pack(frames)
 
-    # --- the writer task ------------------------------------------------------------------------
+    # --- writing --------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Called by the flusher: write what is queued now, without waiting. What the socket does not
+        take at once goes to the writer task."""
+        self._marked = False
+        if self._writing or self.detached or not self._queue:
+            return
+        fd = self.conn.direct_fd()
+        if fd is None:
+            self._hand_to_writer(b"")
+            return
+        data = self._take()
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.closing = True  # the peer is gone; the reader will see it too
+            if self.scope is not None:
+                self.scope.cancel()
+            return
+        self.bytes_sent += sent
+        if sent < len(data):
+            self._hand_to_writer(data[sent:])
+
+    def _hand_to_writer(self, backlog: bytes) -> None:
+        self._backlog = backlog
+        self._writing = True
+        self._ready.unpark()
 
     async def run(self) -> None:
-        """Send until closed. Returns after a goodbye has been flushed (the caller then closes)."""
+        """The session's writer task: sends when the flusher could not, until closed. Returns after a
+        goodbye has been flushed (the caller then closes)."""
         while True:
-            if not self._queue:
-                if self.closing:
-                    return
+            if not self._writing:
                 await self._ready.park()
                 continue
-            items = self._queue
-            self._queue = deque()
-            self._queued_bytes = 0
-            self._space.unpark_all()
-            frames = [self._bytes(item) for item in items]
             try:
-                await self.conn.send_batch(frames)
+                if self._backlog:
+                    backlog, self._backlog = self._backlog, b""
+                    await self.conn.send_raw(backlog)
+                    self.bytes_sent += len(backlog)
+                while self._queue and not self.detached:
+                    data = self._take()
+                    await self.conn.send_raw(data)
+                    self.bytes_sent += len(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.closing = True
                 return
-            self.bytes_sent += sum(map(len, frames))
+            if self.closing:
+                return
+            self._writing = False

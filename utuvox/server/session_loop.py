@@ -15,7 +15,7 @@ from utuvox.protocol import Code, ProtocolError, json_codec, text_codec
 from utuvox.protocol.core import Error, Notice
 
 from .connection import Connection
-from .outbox import Codec, Outbox
+from .outbox import Codec, Flusher, Outbox
 
 log = logging.getLogger("utuvox.server")
 
@@ -23,9 +23,9 @@ WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /logi
            "to sign in, /help for all commands.")
 
 
-async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int,
+async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int, flusher: Flusher,
                       operator: str | None = None) -> None:
-    outbox = Outbox(conn, codec, queue_limit)
+    outbox = Outbox(conn, codec, queue_limit, flusher)
     session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
     outbox.session = session
     chat.connect(session)
@@ -51,6 +51,7 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
     finally:
         with trio.CancelScope(shield=True):
             await chat.disconnect(session)
+            outbox.detach()  # before the close: the descriptor's number may be reused at once
             with trio.move_on_after(1):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await conn.aclose()
