@@ -68,9 +68,11 @@ class ServerProcess:
                     return int(line.split()[1]) * 1024
         raise KeyError(field)
 
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time of the server process so far (all its threads)."""
-        with open(f"/proc/{self.pid}/stat") as stat:
+    def cpu_seconds(self, *, main_thread: bool = False) -> float:
+        """User plus system CPU time of the server so far: all its threads, or its main thread (the event
+        loop; the rest is worker threads: file writes and hashing, SQLite)."""
+        where = f"/proc/{self.pid}/task/{self.pid}/stat" if main_thread else f"/proc/{self.pid}/stat"
+        with open(where) as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -138,11 +140,12 @@ class Tcp:
     async def connect(cls, port: int) -> Tcp:
         return cls(await trio.open_tcp_stream("127.0.0.1", port))
 
-    async def send(self, frame: bytes) -> None:
-        """Queue one frame (without its newline); the queue is written once it holds ~1 MiB."""
-        self.out.append(frame)
+    async def send(self, *parts: bytes) -> None:
+        """Queue one frame given in parts (without its newline); the queue is written, in one copy, once it
+        holds ~1 MiB."""
+        self.out.extend(parts)
         self.out.append(b"\n")
-        self.out_bytes += len(frame) + 1
+        self.out_bytes += sum(map(len, parts)) + 1
         if self.out_bytes >= MiB:
             await self.flush()
 
@@ -173,8 +176,8 @@ class Ws:
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self.ws = ws
 
-    async def send(self, frame: bytes) -> None:
-        await self.ws.send_message(frame.decode("ascii") if frame.isascii() else frame.decode())
+    async def send(self, *parts: bytes) -> None:
+        await self.ws.send_message(b"".join(parts).decode())
 
     async def flush(self) -> None:
         pass
@@ -230,7 +233,7 @@ async def upload(conn: Conn, path: Path, size: int, sha256: str) -> tuple[str, f
                 piece = view[i:i + chunk]
                 final = offset + len(piece) >= size
                 tail = b'","id":"done"}' if final else b'"}'
-                await conn.send(head + str(offset).encode() + b',"data":"' + b64.b64encode(piece) + tail)
+                await conn.send(head, str(offset).encode(), b',"data":"', b64.b64encode(piece), tail)
                 offset += len(piece)
                 if final:
                     break
@@ -300,6 +303,8 @@ class Figures:
     peak_down: int
     cpu_up: float  # server CPU seconds per second of transfer
     cpu_down: float
+    loop_up: float  # the same, of the server's main thread (its event loop) only
+    loop_down: float
     client_cpu_up: float
     client_cpu_down: float
 
@@ -314,18 +319,21 @@ async def measure(transport: str, srv: ServerProcess, path: Path, size: int, sha
         await trio.sleep(0.2)
         rss_before = srv.status("VmRSS")
         srv.reset_peak()
-        cpu, mine = srv.cpu_seconds(), time.process_time()
+        cpu, loop, mine = srv.cpu_seconds(), srv.cpu_seconds(main_thread=True), time.process_time()
         name, up_s = await upload(conn, path, size, sha256)
         cpu_up, mine_up = srv.cpu_seconds() - cpu, time.process_time() - mine
+        loop_up = srv.cpu_seconds(main_thread=True) - loop
         peak_up = srv.status("VmHWM")
         srv.reset_peak()
-        cpu, mine = srv.cpu_seconds(), time.process_time()
+        cpu, loop, mine = srv.cpu_seconds(), srv.cpu_seconds(main_thread=True), time.process_time()
         received, down_s = await download(conn, name, sha256)
         cpu_down, mine_down = srv.cpu_seconds() - cpu, time.process_time() - mine
+        loop_down = srv.cpu_seconds(main_thread=True) - loop
         peak_down = srv.status("VmHWM")
         assert received == size
     return Figures(transport, size / up_s / 1e6, size / down_s / 1e6, rss_before, peak_up, peak_down,
-                   cpu_up / up_s, cpu_down / down_s, mine_up / up_s, mine_down / down_s)
+                   cpu_up / up_s, cpu_down / down_s, loop_up / up_s, loop_down / down_s, mine_up / up_s,
+                   mine_down / down_s)
 
 
 def make_file(directory: Path, size: int) -> tuple[Path, str]:
@@ -365,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size * MiB
     transports = [t for t in args.transports.split(",") if t]
     print(f"machine: {machine()}")
-    print(f"file: {args.size} MiB; server: python -m utuvox serve (subprocess{', pinned to core 0' if args.pin else ''})")
+    pinned = ", pinned to core 0" if args.pin else ""
+    print(f"file: {args.size} MiB; server: python -m utuvox serve (subprocess{pinned})")
     with tempfile.TemporaryDirectory(prefix="utuvox-bench-payload-") as tmp:
         path, sha256 = make_file(Path(tmp), size)
         with server(size, pin=args.pin) as srv:
@@ -378,10 +387,14 @@ def main(argv: list[str] | None = None) -> int:
             for r in results:
                 print(f"{r.transport:<10}{r.up_mbps:>13.1f}{r.down_mbps:>15.1f}{r.peak_up / MiB:>11.1f} MiB"
                       f"{r.peak_down / MiB:>12.1f} MiB{r.growth / MiB:>8.1f} MiB")
-            print("CPU busy during each transfer (1.0 = one core):")
+            print("CPU busy during each transfer (1.0 = one core), server (its event loop) / client:")
             for r in results:
-                print(f"  {r.transport}: upload server {r.cpu_up:.2f}, client {r.client_cpu_up:.2f}; "
-                      f"download server {r.cpu_down:.2f}, client {r.client_cpu_down:.2f}")
+                print(f"  {r.transport}: upload {r.cpu_up:.2f} ({r.loop_up:.2f}) / {r.client_cpu_up:.2f}; "
+                      f"download {r.cpu_down:.2f} ({r.loop_down:.2f}) / {r.client_cpu_down:.2f}")
+            print("server event-loop CPU per MB (the serial part; 1 / this = MB/s it could sustain on one core):")
+            for r in results:
+                print(f"  {r.transport}: upload {r.loop_up / r.up_mbps * 1e3:.2f} ms/MB, "
+                      f"download {r.loop_down / r.down_mbps * 1e3:.2f} ms/MB")
     return 0
 
 

@@ -11,38 +11,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from utuvox.client import Client, UtuVoxError
+from utuvox.client import Client
 from utuvox.protocol.core import PrivateMessage
 
 from . import runner
 
 
-class Echo:
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self._is_bot: dict[str, bool] = {}
-
-    async def sender_is_bot(self, user: str) -> bool:
-        key = user.lower()
-        if key not in self._is_bot:
-            try:
-                users = (await self.client.list_all_users()).users
-            except UtuVoxError:
-                return False
-            self._is_bot.update({u.name.lower(): u.is_bot for u in users})
-        return self._is_bot.get(key, False)
-
-    async def serve(self) -> None:
-        async for event in self.client:
-            if not isinstance(event, PrivateMessage) or event.user.lower() == (self.client.user or "").lower():
-                continue
-            if await self.sender_is_bot(event.user):
-                continue
-            await runner.say(self.client, event.text, to=event.user)
-
-
 async def handle(client: Client, args: argparse.Namespace) -> None:
-    await Echo(client).serve()
+    is_bot = runner.KnownBots(client)
+    me = (client.user or "").lower()
+    async for event in client:
+        if isinstance(event, PrivateMessage) and event.user.lower() != me and not await is_bot(event.user):
+            await runner.say(client, event.text, to=event.user)
 
 
 def build_parser() -> argparse.ArgumentParser:

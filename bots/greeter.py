@@ -1,4 +1,4 @@
-"""Greeter: welcomes every user who joins one of its rooms.
+"""Greeter: welcomes every user who joins one of its rooms (other bots excepted).
 
     UTUVOX_BOT_PASSWORD=... python -m bots.greeter --user greeter --register --room general --room games
 """
@@ -18,9 +18,10 @@ DEFAULT_TEXT = "Welcome to {room}, {user}! Type /help for the commands."
 
 
 async def handle(client: Client, args: argparse.Namespace) -> None:
+    is_bot = runner.KnownBots(client)
     me = (client.user or "").lower()
     async for event in client:
-        if isinstance(event, JoinEvent) and event.user.lower() != me:
+        if isinstance(event, JoinEvent) and event.user.lower() != me and not await is_bot(event.user):
             await runner.say(client, args.text.format(user=event.user, room=event.room), room=event.room)
 
 

@@ -83,6 +83,24 @@ async def say(client: Client, text: str, *, room: str | None = None, to: str | N
     return False
 
 
+class KnownBots:
+    """Which users are bots (as user lists show them), so that bots do not answer or greet each other."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._is_bot: dict[str, bool] = {}
+
+    async def __call__(self, user: str) -> bool:
+        key = user.lower()
+        if key not in self._is_bot:
+            try:
+                users = (await self.client.list_all_users()).users
+            except UtuVoxError:
+                return False
+            self._is_bot.update({u.name.lower(): u.is_bot for u in users})
+        return self._is_bot.get(key, False)
+
+
 async def run(args: argparse.Namespace, handler: Handler, *, join: bool = True,
               task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Connect, sign in, join ``args.rooms`` (unless ``join=False``: the handler joins them itself), then

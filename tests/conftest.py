@@ -45,7 +45,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-def connect_json(server: Server):  # noqa: ANN201
+def connect_json(server: Server):
     async def connect() -> JsonLines:
         return await JsonLines.connect(server.tcp_port)
 
@@ -53,7 +53,7 @@ def connect_json(server: Server):  # noqa: ANN201
 
 
 @pytest.fixture
-def connect_text(server: Server):  # noqa: ANN201
+def connect_text(server: Server):
     async def connect() -> TextLines:
         return await TextLines.connect(server.tcp_port)
 

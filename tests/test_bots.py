@@ -184,6 +184,13 @@ async def test_greeter_welcomes_whoever_joins(server: Server) -> None:
             await cat.join("hall")
             welcome = await next_of(cat, p.MessageEvent, said_by("greeter"))
             assert (welcome.room, welcome.text) == ("hall", "Welcome to hall, cat! Type /help for the commands.")
+            async with connect(tcp(server)) as robot, connect(tcp(server)) as dan:
+                await robot.register("robot", "pw", bot=True)
+                await robot.join("hall")  # bots are not welcomed...
+                await dan.register("dan", "pw")
+                await dan.join("hall")  # ...so the next welcome is dan's
+                welcome = await next_of(cat, p.MessageEvent, said_by("greeter"))
+                assert welcome.text == "Welcome to hall, dan! Type /help for the commands."
 
 
 # --- archiver -----------------------------------------------------------------------------------
@@ -239,3 +246,25 @@ async def test_archiver_has_no_hole_across_a_restart(server: Server, tmp_path: P
         # first run, the gap while it was stopped, and the live ones.
         assert written == "".join(expected)
         assert "before the archiver existed" in written and "while away 69" in written
+
+
+# --- the documented example ----------------------------------------------------------------------
+
+
+async def test_the_fifteen_line_bot_of_the_docs_works(server: Server) -> None:
+    doc = (REPO / "docs" / "CLIENT.md").read_text()
+    source = re.search(r"## A bot in 15 lines\n\n```python\n(.*?)```", doc, re.DOTALL)
+    assert source is not None
+    code = source.group(1)
+    assert len(code.strip().splitlines()) <= 15
+    namespace: dict[str, Any] = {}
+    exec(code.replace("tcp://127.0.0.1:9090", tcp(server)).replace("trio.run(main)", ""), namespace)
+    async with connect(tcp(server)) as user:
+        await user.register("gil", "pw")
+        await user.create("general")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(namespace["main"])
+            await next_of(user, p.JoinEvent, said_by("shouty"))
+            await user.message("!shout hello")
+            assert (await next_of(user, p.MessageEvent, said_by("shouty"))).text == "HELLO!"
+            nursery.cancel_scope.cancel()

@@ -3,6 +3,8 @@ flight, and reconnecting across a server restart without losing or repeating an 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +15,11 @@ import trio
 
 from utuvox.client import Client, Disconnected, UtuVoxError, connect, parse_url
 from utuvox.client import rooms as client_rooms
+from utuvox.client.files import safe_file_name
 from utuvox.protocol import core as p
+from utuvox.protocol import files as f
+from utuvox.protocol import json_codec
+from utuvox.protocol.admin import Kick
 from utuvox.server.app import Server
 
 from .conftest import make_settings, open_ws
@@ -392,6 +398,21 @@ async def test_a_refused_login_on_reconnect_ends_the_client(tmp_path: Path) -> N
                 await c.whoami()
 
 
+async def test_a_kicked_client_does_not_come_back(server: Server) -> None:
+    key = server.settings.admin_key_path.read_text().strip()
+    async with connect(tcp_url(server)) as admin, connect(ws_url(server), reconnect=True, retry_initial=0.02) as c:
+        await admin.register("root", "pw", admin_key=key)
+        await c.register("mallory", "pw")
+        kicked = await admin.request(Kick(username="mallory", reason="flooding"))
+        assert kicked.type == "kicked"
+        with trio.fail_after(TIMEOUT):
+            events = [e async for e in c]
+        assert isinstance(events[-1], p.Goodbye) and events[-1].code == "kicked"
+        with pytest.raises(Disconnected):
+            await c.whoami()
+        assert [u.name for u in (await admin.list_all_users()).users] == ["root"]
+
+
 async def test_quit_does_not_reconnect(server: Server) -> None:
     async with connect(tcp_url(server), reconnect=True, retry_initial=0.02) as c:
         await c.register("fay", "pw")
@@ -399,3 +420,153 @@ async def test_quit_does_not_reconnect(server: Server) -> None:
         assert [e.type async for e in c] == ["bye"]
         with pytest.raises(Disconnected):
             await c.whoami()
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+async def test_upload_then_download_over_both_transports(server: Server, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 900  # several chunks, not a multiple of the chunk size
+    source = tmp_path / "data.bin"
+    source.write_bytes(data)
+    async with connect(tcp_url(server)) as up, connect(ws_url(server)) as down:
+        await up.register("ulla", "pw")
+        await up.create("share")
+        await down.register("dirk", "pw")
+        await down.join("share")
+        seen: list[tuple[int, int]] = []
+        done = await up.upload("share", source, lambda n, total: seen.append((n, total)))
+        assert (done.original, done.room, done.size) == ("data.bin", "share", len(data))
+        assert seen[0] == (0, len(data)) and seen[-1] == (len(data), len(data))
+        assert [n for n, _ in seen] == sorted(n for n, _ in seen)
+        event = await next_of(down, p.FileEvent)
+        assert (event.name, event.user) == (done.name, "ulla")
+        assert [f.name for f in (await down.list_files()).files] == [done.name]
+
+        first = await down.download(done.name, tmp_path / "in")
+        second = await down.download(done.name, tmp_path / "in")
+        assert first == tmp_path / "in" / "data.bin" and second == tmp_path / "in" / "data (1).bin"
+        assert first.read_bytes() == data and second.read_bytes() == data
+        assert sorted(x.name for x in (tmp_path / "in").iterdir()) == ["data (1).bin", "data.bin"]  # no temp left
+
+        with pytest.raises(UtuVoxError) as info:
+            await down.download("share_20000101_000000_nothing_00000000", tmp_path / "in")
+        assert info.value.code == "no_such_file"
+        with pytest.raises(UtuVoxError) as info:
+            await down.upload("elsewhere", source)
+        assert info.value.code in ("no_such_room", "not_in_room")
+        assert (await down.whoami()).user == "dirk"  # the connection is still good
+
+
+def test_safe_file_names() -> None:
+    assert safe_file_name("report.pdf") == "report.pdf"
+    assert safe_file_name("../../etc/passwd") == "_.._etc_passwd"
+    assert safe_file_name("..") == "download" and safe_file_name("/") == "download"
+    assert safe_file_name("a\x00b\x1b[2Jc\u202e.txt") == "a_b_[2Jc_.txt"
+    assert safe_file_name("C:\\Windows\\evil.exe") == "C__Windows_evil.exe"
+    assert safe_file_name(".hidden") == "hidden"
+    assert len(safe_file_name("é" * 500).encode()) <= 200
+
+
+class HostileServer:
+    """Speaks just enough of the protocol to offer one download, under a name and with a digest of its
+    choosing: what a compromised or buggy server could send."""
+
+    def __init__(self, name: str, data: bytes, *, sha256: str | None = None, hold_back: bool = False) -> None:
+        self.name, self.data = name, data
+        self.sha256 = sha256 or hashlib.sha256(data).hexdigest()
+        # With hold_back, the second half of the download goes out only with the answer to the next ping.
+        self.hold_back = hold_back
+        self.held: list[Any] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, _, buf = buf.partition(b"\n")
+                request = json.loads(line)
+                for frame in self.answer(request):
+                    await stream.send_all(json_codec.encode(frame))
+
+    def answer(self, request: dict[str, Any]) -> list[Any]:
+        rid = request.get("id")
+        if request["type"] == "ping":
+            held, self.held = self.held, []
+            return [*held, p.Pong(re=rid)]
+        if request["type"] != "download":
+            return [p.Error(re=rid, code="not_supported", message="no")]
+        half = len(self.data) // 2
+        frames = [
+            f.DownloadStart(re=rid, download_id="d1", name=self.name, original=self.name, room="r",
+                            size=len(self.data), sha256=self.sha256, chunk_size=half or 1),
+            p.MessageEvent(room="r", seq=1, user="x", text="interleaved"),
+            f.DownloadChunk(download_id="d1", offset=0, data=f.encode_chunk(self.data[:half])),
+            f.DownloadChunk(download_id="d1", offset=half, data=f.encode_chunk(self.data[half:])),
+            f.DownloadEnd(download_id="d1", name=self.name, size=len(self.data)),
+            p.MessageEvent(room="r", seq=2, user="x", text="after"),
+        ]
+        if self.hold_back:
+            frames, self.held = frames[:3], frames[3:]
+        return frames
+
+
+@asynccontextmanager
+async def hostile(name: str, data: bytes, **kwargs: Any) -> AsyncIterator[str]:
+    fake = HostileServer(name, data, **kwargs)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, fake.handle, 0)
+        yield f"tcp://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("name", ["../../escape.txt", "/etc/passwd", "..", "a\x00b", "dir/../../x", "\x1b[31mred"])
+async def test_a_server_supplied_name_never_leaves_the_directory(tmp_path: Path, name: str) -> None:
+    target = tmp_path / "a" / "b" / "downloads"
+    async with hostile(name, b"payload") as url, connect(url) as c:
+        path = await c.download("anything", target)
+        event = await c.next_event(TIMEOUT)
+    assert path.parent == target and path.read_bytes() == b"payload"
+    assert list(target.iterdir()) == [path]
+    assert sorted(x.name for x in tmp_path.rglob("*") if x.is_file()) == [path.name]
+    assert isinstance(event, p.MessageEvent)  # frames between the chunks still reach the application
+
+
+async def test_a_download_that_fails_its_check_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_bytes(b"mine")
+    async with hostile("keep.txt", b"theirs", sha256="0" * 64) as url, connect(url) as c:
+        with pytest.raises(UtuVoxError) as info:
+            await c.download("keep.txt", tmp_path)
+    assert info.value.code == "transfer_failed"
+    assert [x.name for x in tmp_path.iterdir()] == ["keep.txt"] and (tmp_path / "keep.txt").read_bytes() == b"mine"
+
+
+async def test_a_cancelled_download_leaks_nothing(tmp_path: Path) -> None:
+    async with hostile("big.bin", b"x" * 1000, hold_back=True) as url, connect(url) as c:
+        with trio.CancelScope() as scope:
+            await c.download("big.bin", tmp_path, lambda done, _: scope.cancel() if done else None)
+        assert scope.cancelled_caught
+        await c.ping()  # the rest of the download arrives now, after it was given up
+        texts = [(await c.next_event(TIMEOUT)).text, (await c.next_event(TIMEOUT)).text]  # type: ignore[union-attr]
+        assert texts == ["interleaved", "after"]  # no chunk of the abandoned download in between
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_cancelled_uploads_are_dropped_by_the_server(server: Server, tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"y" * 1_000_000)  # many chunks: the cancel lands halfway
+    async with connect(tcp_url(server)) as c:
+        await c.register("cal", "pw")
+        await c.create("uploads")
+        # More cancelled uploads than the server lets one session have in progress: each must be dropped.
+        for _ in range(6):
+            with trio.CancelScope() as scope:
+                await c.upload("uploads", source, lambda done, _: scope.cancel() if done else None)
+            assert scope.cancelled_caught
+        done = await c.upload("uploads", source)
+        assert done.size == 1_000_000
+        await c.ping()
+        assert not [e for e in c.drain_events() if not isinstance(e, p.RoomEvent)]

@@ -469,6 +469,22 @@ async def test_deleting_a_room_deletes_its_files(server, connect_json, tmp_path:
     assert [f.name for f in await chat.store.list_files(chat.rooms["general_stuff"].id)] == [kept["name"]]
 
 
+async def test_an_admin_deleting_a_room_deletes_its_files(server, connect_json, tmp_path: Path) -> None:
+    alice = await connect_json()
+    await room_of(alice, "alice")
+    done = await upload(alice, "general", b"to be deleted")
+    key = (tmp_path / "admin_key.txt").read_text().strip()
+    admin = await connect_json()
+    assert (await admin.request("register", username="root", password="pw", admin_key=key))["is_admin"]
+    assert (await admin.request("delete_room", room="general"))["type"] == "ok"
+    await wait_for(lambda: uploads(tmp_path) == [])
+    assert await server.chat.store.get_file(done["name"]) is None
+    # A new room under the same name starts without files.
+    await alice.request("create", room="general")
+    assert (await alice.request("list_files", room="general"))["files"] == []
+    assert (await download(alice, done["name"]))[0]["code"] == "no_such_file"
+
+
 async def test_deleting_a_room_abandons_its_uploads(server, connect_json, tmp_path: Path) -> None:
     alice = await connect_json()
     await room_of(alice, "alice")
@@ -480,6 +496,43 @@ async def test_deleting_a_room_abandons_its_uploads(server, connect_json, tmp_pa
     failed = await alice.recv_until(lambda f: f.get("type") == "upload_failed")
     assert failed["code"] == "no_such_room"
     assert temps(tmp_path) == [] and uploads(tmp_path) == []
+
+
+async def test_a_reader_that_stalls_is_paced_not_cut_off(server, connect_json) -> None:
+    alice, bob = await connect_json(), await connect_json()
+    await room_of(alice, "alice")
+    await room_of(bob, "bob", create=False)
+    data = os.urandom(24 * 1024 * 1024)
+    done = await upload(alice, "general", data)
+    await bob.send({"type": "download", "id": "dl", "name": done["name"]})
+    await bob.recv_until(lambda f: f.get("re") == "dl")
+    await trio.sleep(0.5)  # bob reads nothing meanwhile
+    [outbox] = [s.peer for s in server.chat.sessions.values() if s.user and s.user.name == "bob"]
+    assert server.files.downloads_in_progress == 1  # waiting for bob, not done and not dropped
+    assert outbox._queued_bytes <= 2 * 1024 * 1024 and not outbox.closing
+    got = bytearray()
+    while True:
+        frame = await bob.recv(timeout=30)
+        if frame["type"] == "download_chunk":
+            got += base64.b64decode(frame["data"])
+        elif frame["type"] == "download_end":
+            break
+    assert got == data
+
+
+async def test_deleting_a_room_stops_its_downloads(server, connect_json) -> None:
+    alice, bob = await connect_json(), await connect_json()
+    await room_of(alice, "alice")
+    await room_of(bob, "bob", create=False)
+    done = await upload(alice, "general", os.urandom(24 * 1024 * 1024))
+    await bob.send({"type": "download", "id": "dl", "name": done["name"]})
+    start = await bob.recv_until(lambda f: f.get("re") == "dl")
+    # bob reads nothing for now: the server stops at what the socket and a paced queue hold.
+    await server.files.on_room_deleted(server.chat.rooms["general"])
+    end = await bob.recv_until(lambda f: f.get("download_id") == start["download_id"]
+                               and f["type"] != "download_chunk", timeout=30)
+    assert end["type"] == "download_failed" and end["code"] == "no_such_room", end
+    assert server.files.downloads_in_progress == 0
 
 
 # --- the protocol page --------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from .clients import JsonLines, TextLines
+from .clients import JsonLines
 from .conftest import login_json, open_ws, running_server
 
 

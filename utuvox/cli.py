@@ -16,11 +16,13 @@ import trio
 def _serve(args: argparse.Namespace) -> int:
     from utuvox.server.app import Server
     from utuvox.server.settings import Settings
+    from utuvox.server.tls import TlsConfigError
     from utuvox.store import StoreError
 
     overrides = {k: v for k, v in {
         "host": args.host, "port": args.port, "ws_port": args.ws_port, "data_dir": args.data_dir,
         "log_level": args.log_level, "admin_socket": args.admin_socket,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key,
     }.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(
@@ -33,6 +35,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         trio.run(Server(settings, announce=announce).run)
+    except TlsConfigError as exc:
+        print(f"utuvox: {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
         print(f"utuvox: {exc}", file=sys.stderr)
         return 1
@@ -68,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="data directory (default: the current directory)")
     serve.add_argument("--admin-socket", type=Path, help="operators' Unix socket (default DATA_DIR/admin.sock)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM",
+                       help="certificate chain: the TCP port then speaks TLS and the WebSocket port WSS")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     serve.set_defaults(func=_serve)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the protocol")

@@ -6,7 +6,7 @@ through Redis or NATS pub/sub behind the same three calls. ``LocalBus`` is the i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .session import Session
@@ -23,12 +23,13 @@ class Bus(Protocol):
 
 class LocalBus:
     def __init__(self) -> None:
-        # dicts keep insertion order and make removal O(1)
-        self._rooms: dict[str, dict[Session, None]] = {}
+        # Each member's bound ``deliver``, kept so that publishing is one call per member with no lookups;
+        # dicts keep insertion order and make removal O(1).
+        self._rooms: dict[str, dict[Session, Callable[[Wire], None]]] = {}
         self.deliveries = 0
 
     def subscribe(self, room_key: str, session: Session) -> None:
-        self._rooms.setdefault(room_key, {})[session] = None
+        self._rooms.setdefault(room_key, {})[session] = session.peer.deliver
 
     def unsubscribe(self, room_key: str, session: Session) -> None:
         members = self._rooms.get(room_key)
@@ -42,8 +43,8 @@ class LocalBus:
         if not members:
             return
         # A delivery may close a slow member, which unsubscribes it: iterate over a snapshot.
-        for session in tuple(members):
-            session.peer.deliver(wire)
+        for deliver in tuple(members.values()):
+            deliver(wire)
         self.deliveries += len(members)
 
     def members(self, room_key: str) -> Iterable[Session]:

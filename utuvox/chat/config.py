@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .limits import LimitsConfig
 
 
 @dataclass(frozen=True)
@@ -17,3 +19,4 @@ class ChatConfig:
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
     hash_threads: int = 2  # concurrent hashes; each takes argon2_memory_kib of RAM
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # rates, caps, the login throttle

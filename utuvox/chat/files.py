@@ -215,24 +215,34 @@ class FileService:
 
     async def _sweep_orphans(self, prefix: str = "") -> None:
         """Remove files of ours (by the shape of their name) in uploads/ that have no row: left by a crash
-        between linking and committing, or by a room deleted while its rows were already gone."""
-        known = await self.chat.store.file_names()
-        linking = set(self._linking)
+        between linking and committing, or by a room deleted while its rows were already gone.
 
-        def sweep() -> int:
+        Safe while uploads complete: a name is in ``_linking`` from before its file appears until after its
+        row is committed, so a name not in ``_linking`` *before* the rows are read is either an orphan or
+        already has its row."""
+        directory = self.config.uploads_dir
+
+        def scan() -> list[str]:
+            return [e.name for e in os.scandir(directory)
+                    if e.name.startswith(prefix) and _OUR_FILE.match(e.name) and e.is_file(follow_symlinks=False)]
+
+        candidates = [n for n in await trio.to_thread.run_sync(scan, limiter=self.io) if n not in self._linking]
+        if not candidates:
+            return
+        known = await self.chat.store.file_names()
+        orphans = [n for n in candidates if n not in known]
+
+        def remove() -> int:
             removed = 0
-            for entry in os.scandir(self.config.uploads_dir):
-                name = entry.name
-                if (name.startswith(prefix) and _OUR_FILE.match(name) and name not in known
-                        and name not in linking and entry.is_file(follow_symlinks=False)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-                        removed += 1
+            for name in orphans:
+                with contextlib.suppress(OSError):
+                    os.unlink(directory / name)
+                    removed += 1
             return removed
 
-        removed = await trio.to_thread.run_sync(sweep, limiter=self.io)
+        removed = await trio.to_thread.run_sync(remove, limiter=self.io)
         if removed:
-            log.warning("removed %d file(s) without a row from %s", removed, self.config.uploads_dir)
+            log.warning("removed %d file(s) without a row from %s", removed, directory)
 
     async def _reap_idle_uploads(self) -> None:
         timeout = self.config.upload_idle_timeout
@@ -245,9 +255,11 @@ class FileService:
                                     notify=True)
 
     def _spawn(self, fn: Any, *args: Any) -> None:
+        """Start ``fn(*args)`` in the service's nursery (``fn=None``: only check that it is running)."""
         if self._nursery is None:
             raise ProtocolError(Code.NOT_SUPPORTED, "File sharing is not running on this server.")
-        self._nursery.start_soon(fn, *args)
+        if fn is not None:
+            self._nursery.start_soon(fn, *args)
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -312,6 +324,7 @@ class FileService:
 
     async def handle_upload(self, session: Session, req: f.Upload) -> Reply:
         cfg = self.config
+        self._spawn(None)  # refuses at once if the service is not running
         room = self.chat.room(req.room)
         self._check_member(session, room, "upload files to it")
         if req.size > cfg.max_upload_bytes:
@@ -460,8 +473,7 @@ class FileService:
         # From here on the upload completes even if its connection drops: a file linked into uploads/
         # must get its row (or be removed), never be left half-way.
         with trio.CancelScope(shield=True):
-            name, path = await self._link(up)
-            self._linking.add(name)
+            name, path = await self._link(up)  # leaves `name` in _linking
             try:
                 try:
                     record = await self.chat.store.add_file(name=name, room_id=room.id, original=up.original,
@@ -493,12 +505,15 @@ class FileService:
         for attempt in range(8):
             name = unique_name(up.room.name, datetime.now(UTC), up.original, f"{up.sha256}:{up.id}:{attempt}")
             path = self.path_of(name)
+            self._linking.add(name)  # before the file appears: see _sweep_orphans
             try:
                 await trio.to_thread.run_sync(_link_no_replace, up.temp, path, limiter=self.io)
                 return name, path
             except FileExistsError:
+                self._linking.discard(name)
                 continue
             except OSError as exc:
+                self._linking.discard(name)
                 raise self._write_failure(exc) from None
         raise _Failed(Code.STORAGE, "The server could not name the file; the upload was not stored.")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from utuvox.protocol import Code, ProtocolError, Reply, Request, iso
+from utuvox.protocol import Code, ProtocolError, Reply, Request, utc_now
 from utuvox.protocol import core as p
 from utuvox.protocol.schema import SERVER_FRAME
 from utuvox.protocol.text_codec import COMMANDS
@@ -24,6 +24,7 @@ from utuvox.store import Conflict, Store, StoredEvent, StoreError
 from .admin_key import AdminKey
 from .bus import Bus
 from .config import ChatConfig
+from .limits import Limits
 from .passwords import Passwords
 from .rooms import Room
 from .session import Identity, Session
@@ -41,6 +42,7 @@ class Chat:
         self.config = config
         self.admin_key = admin_key
         self.passwords = Passwords(config)
+        self.limits = Limits(config.limits)
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[int, Session] = {}
         self.by_user: dict[str, dict[Session, None]] = {}
@@ -80,10 +82,12 @@ class Chat:
 
     def connect(self, session: Session) -> None:
         self.sessions[session.id] = session
+        self.limits.open(session)
 
     async def disconnect(self, session: Session) -> None:
         """The connection is gone: leave its rooms (telling the others) and forget it."""
         self.sessions.pop(session.id, None)
+        self.limits.close(session)
         for hook in self.on_disconnect:
             await hook(session)
         for room_name in list(session.rooms):
@@ -105,6 +109,7 @@ class Chat:
     def _sign_in(self, session: Session, identity: Identity) -> None:
         session.user = identity
         self.by_user.setdefault(identity.key, {})[session] = None
+        self.limits.signed_in(session, identity)
 
     def sessions_of(self, username: str) -> list[Session]:
         return list(self.by_user.get(username.lower(), ()))
@@ -170,7 +175,7 @@ class Chat:
             if on_done is not None:
                 on_done(error)
 
-        stored = StoredEvent(room.id, event.seq, iso(event.ts), event.type, event.user, wire.json[:-1].decode())
+        stored = StoredEvent(room.id, event.seq, event.ts.isoformat(), event.type, event.user, wire.json[:-1].decode())
         self.store.submit_event(stored, committed)
         return wire
 
@@ -215,9 +220,11 @@ class Chat:
     async def _register(self, session: Session, req: p.Register) -> Reply:
         if session.user is not None:
             raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
+        self.limits.check_login(session, None)
         is_admin = False
         if req.admin_key is not None:
             if not self.admin_key.matches(req.admin_key):
+                self.limits.login_failed(session, None)  # a guessed admin key is a guessed password
                 raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
             is_admin = True
         if await self.store.get_user(req.username) is not None:
@@ -237,15 +244,19 @@ class Chat:
     async def _login(self, session: Session, req: p.Login) -> Reply:
         if session.user is not None:
             raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
+        self.limits.check_login(session, req.username)
         user = await self.store.get_user(req.username)
         ok = await self.passwords.verify(user.password_hash if user else None, req.password)
         if not ok or user is None:
             log.info("failed login for %r from %s", req.username, session.address)
+            self.limits.login_failed(session, req.username)
             raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
+        self.limits.login_succeeded(session, user.name)
         if user.banned:
             log.info("banned user %s refused from %s", user.name, session.address)
             reason = f": {user.ban_reason}" if user.ban_reason else "."
             raise ProtocolError(Code.BANNED, f"You are banned from this server{reason}")
+        self.limits.check_sessions(len(self.by_user.get(user.name.lower(), ())))
         if self.passwords.needs_rehash(user.password_hash):
             await self.store.update_user(user.name, password_hash=await self.passwords.hash(req.password))
         self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
@@ -254,8 +265,10 @@ class Chat:
 
     async def _change_password(self, session: Session, req: p.ChangePassword) -> Reply:
         me = self.identity(session)
+        self.limits.check_login(session, me.name)
         user = await self.store.get_user(me.name)
         if user is None or not await self.passwords.verify(user.password_hash, req.old_password):
+            self.limits.login_failed(session, me.name)
             raise ProtocolError(Code.AUTH_FAILED, "The old password is wrong.")
         await self.store.update_user(me.name, password_hash=await self.passwords.hash(req.new_password))
         log.info("password changed for %s", me.name)
@@ -267,6 +280,7 @@ class Chat:
         me = self.identity(session)
         if req.room.lower() in self.rooms:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.")
+        self._check_join(session, None)
         try:
             record = await self.store.create_room(req.room, me.name)
         except Conflict:
@@ -279,7 +293,17 @@ class Chat:
         return joined.model_copy(update={"created": True})
 
     async def _join(self, session: Session, req: p.Join) -> Reply:
-        return await self._enter(session, self.room(req.room), req)
+        room = self.room(req.room)
+        if room.name not in session.rooms:
+            self._check_join(session, room)
+        return await self._enter(session, room, req)
+
+    def _check_join(self, session: Session, room: Room | None) -> None:
+        """Rates and caps before a session enters a room it is not in (``room=None``: a new one)."""
+        me = self.identity(session)
+        joined = {r for s in self.by_user.get(me.key, ()) for r in s.rooms}
+        members = sum(1 for _ in self.bus.members(room.key)) if room is not None else 0
+        self.limits.check_join(session, joined, members)
 
     async def _enter(self, session: Session, room: Room, req: Request) -> p.Joined:
         me = self.identity(session)
@@ -319,6 +343,7 @@ class Chat:
 
     async def _message(self, session: Session, req: p.Message) -> None:
         me = self.identity(session)
+        self.limits.check_message(session)
         room = self.my_room(session, req.room)
         if not req.text.strip():
             raise ProtocolError(Code.EMPTY, "Message is empty.")
@@ -328,9 +353,12 @@ class Chat:
         # and queue the event with no await in between, so sequence numbers reach the store in order.
         while session.unacked >= self.config.max_unacked:
             await session.ack_wait.park()
-        await self.store.wait_for_room()
+        if self.store.backlogged:
+            await self.store.wait_for_room()
         seq = room.take_seq()
-        event = p.MessageEvent(room=room.name, seq=seq, user=me.name, text=req.text)
+        # Every field is already valid (the request was validated, the names come from the server's own
+        # records): construct without validating again.
+        event = p.MessageEvent.model_construct(ts=utc_now(), room=room.name, seq=seq, user=me.name, text=req.text)
         peer = session.peer
         session.unacked += 1
 
@@ -339,7 +367,7 @@ class Chat:
             session.ack_wait.unpark()
             if error is None:
                 self.messages_sent += 1
-                peer.send(p.Ok(re=req.id, room=room.name, seq=seq), req)
+                peer.send(p.Ok.model_construct(re=req.id, room=room.name, seq=seq), req)
             else:
                 log.error("message not stored in %s: %s", room.name, error)
                 peer.send(p.Error(re=req.id, code=Code.STORAGE, message="The server could not store that message."),
@@ -350,6 +378,7 @@ class Chat:
 
     async def _msg(self, session: Session, req: p.Msg) -> Reply:
         me = self.identity(session)
+        self.limits.check_message(session)
         if len(req.text) > self.config.max_message_chars:
             raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
         targets = self.sessions_of(req.to)

@@ -31,7 +31,8 @@ from utuvox.protocol import Event, Reply, Request
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 
-from .errors import BAD_FRAME, CLOSED, TIMEOUT, Disconnected, UtuVoxError
+from . import files as transfers
+from .errors import BAD_FRAME, CLOSED, DISCONNECTED, TIMEOUT, Disconnected, UtuVoxError
 from .link import Link
 from .rooms import RoomTracker, fetch_after, room_key
 from .transport import Address, open_transport, parse_url
@@ -63,6 +64,7 @@ class Client:
         self.reconnect = reconnect
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self._retry_delay = retry_initial
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self.on_state: list[StateCallback] = [on_state] if on_state else []
@@ -280,17 +282,13 @@ class Client:
         """Share the file at ``path`` in ``room`` (you must be in it). ``progress(done, total)`` is called
         as the server acknowledges bytes. Returns the ``uploaded`` reply; ``.name`` is the file's unique
         name, which others download it by."""
-        from .files import upload
-
-        return await upload(self, room, Path(path), progress)
+        return await transfers.upload(self, room, Path(path), progress)
 
     async def download(self, name: str, dir: str | Path = "downloads",
                        progress: Callable[[int, int], None] | None = None) -> Path:
         """Fetch the shared file ``name`` into ``dir`` (never overwriting a file there) and return the
         path written. The content is checked against the server's sha256 before it appears."""
-        from .files import download
-
-        return await download(self, name, Path(dir), progress)
+        return await transfers.download(self, name, Path(dir), progress)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -321,7 +319,7 @@ class Client:
                 return self._link
             if self._closing or not self.reconnect:
                 raise Disconnected("The client is closed." if self._closing else "Not connected to the server.",
-                                   code=CLOSED if self._closing else "disconnected")
+                                   code=CLOSED if self._closing else DISCONNECTED)
             await self._changed.wait()
 
     # --- the connection's life ------------------------------------------------------------------
@@ -372,15 +370,16 @@ class Client:
         return Link(transport)
 
     async def _reopen(self) -> Link:
-        delay = self.retry_initial
         while True:
             # Jitter, so that a hundred bots cut off together do not all come back in the same instant.
-            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            # The delay keeps growing until a connection is fully restored, so a server that accepts
+            # connections but cannot serve them yet is not hammered either.
+            await trio.sleep(self._retry_delay * random.uniform(0.5, 1.0))
+            self._retry_delay = min(self._retry_delay * 2, self.retry_max)
             try:
                 return await self._open()
             except OSError as exc:
                 log.debug("reconnect to %s failed: %s", self.address, exc)
-                delay = min(delay * 2, self.retry_max)
 
     async def _serve(self, link: Link, first: bool, task_status: Any) -> None:
         try:
@@ -396,6 +395,7 @@ class Client:
             if not first:
                 await self._restore(link)
             self._set_link(link)
+            self._retry_delay = self.retry_initial
             if first:
                 task_status.started()
             else:

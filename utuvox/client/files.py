@@ -30,6 +30,7 @@ from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 
 from .errors import BAD_FRAME, TRANSFER_FAILED, UtuVoxError
+from .link import Link, Pending
 
 if TYPE_CHECKING:
     from .client import Client
@@ -70,47 +71,74 @@ async def upload(client: Client, room: str, path: Path, progress: Progress | Non
     ready = await link.call(f.Upload(room=room, name=original, size=size, sha256=sha256))
     if not isinstance(ready, f.UploadReady):
         raise _error(ready)
-    if progress is not None:
-        progress(0, size)
-    in_flight: deque[Any] = deque()
-    acked = 0
-    async with await trio.open_file(path, "rb") as src:
-        offset = 0
-        while True:
-            data = await src.read(ready.chunk_size)
-            if offset + len(data) > size:
-                raise UtuVoxError(TRANSFER_FAILED, f"{path} grew while it was being sent.")
-            final = offset + len(data) >= size
-            if not data and not final:
-                raise UtuVoxError(TRANSFER_FAILED, f"{path} shrank while it was being sent.")
-            chunk = f.UploadChunk(upload_id=ready.upload_id, offset=offset, data=f.encode_chunk(data))
-            in_flight.append((await link.send(chunk), len(data)))
-            offset += len(data)
-            if final:
-                break
-            if len(in_flight) >= WINDOW:
-                acked += await _acknowledged(link, in_flight)
-                if progress is not None:
-                    progress(acked, size)
-    while len(in_flight) > 1:
-        acked += await _acknowledged(link, in_flight)
-        if progress is not None:
-            progress(acked, size)
-    pending, _ = in_flight.popleft()
-    done = await link.wait(pending)
-    if not isinstance(done, f.Uploaded):
-        raise _error(done)
-    if progress is not None:
-        progress(size, size)
-    return done
+    sender = _ChunkSender(link, ready, size, progress)
+    try:
+        return await sender.send_file(path)
+    except BaseException:
+        if not sender.over and not link.closed.is_set():
+            await _abandon(link, ready.upload_id)
+        raise
 
 
-async def _acknowledged(link: Any, in_flight: deque[Any]) -> int:
-    pending, length = in_flight.popleft()
-    reply = await link.wait(pending)
-    if not isinstance(reply, p.Ok):
-        raise _error(reply)
-    return int(length)
+class _ChunkSender:
+    """Streams one upload's chunks, at most ``WINDOW`` of them unacknowledged."""
+
+    def __init__(self, link: Link, ready: f.UploadReady, size: int, progress: Progress | None) -> None:
+        self.link = link
+        self.ready = ready
+        self.size = size
+        self.progress = progress
+        self.acked = 0
+        self.over = False  # the server has ended this upload (stored it, or refused it)
+        self._in_flight: deque[tuple[Pending, int]] = deque()
+
+    async def send_file(self, path: Path) -> f.Uploaded:
+        if self.progress is not None:
+            self.progress(0, self.size)
+        async with await trio.open_file(path, "rb") as src:
+            offset = 0
+            while True:
+                data = await src.read(self.ready.chunk_size)
+                if offset + len(data) > self.size:
+                    raise UtuVoxError(TRANSFER_FAILED, f"{path} grew while it was being sent.")
+                final = offset + len(data) >= self.size
+                if not data and not final:
+                    raise UtuVoxError(TRANSFER_FAILED, f"{path} shrank while it was being sent.")
+                chunk = f.UploadChunk(upload_id=self.ready.upload_id, offset=offset, data=f.encode_chunk(data))
+                self._in_flight.append((await self.link.send(chunk), len(data)))
+                offset += len(data)
+                if final:
+                    break
+                if len(self._in_flight) >= WINDOW:
+                    await self._acknowledged()
+        while len(self._in_flight) > 1:
+            await self._acknowledged()
+        pending, _ = self._in_flight.popleft()
+        done = await self.link.wait(pending)
+        self.over = True
+        if not isinstance(done, f.Uploaded):
+            raise _error(done)
+        if self.progress is not None:
+            self.progress(self.size, self.size)
+        return done
+
+    async def _acknowledged(self) -> None:
+        pending, length = self._in_flight.popleft()
+        reply = await self.link.wait(pending)
+        if not isinstance(reply, p.Ok):
+            self.over = True
+            raise _error(reply)
+        self.acked += length
+        if self.progress is not None:
+            self.progress(self.acked, self.size)
+
+
+async def _abandon(link: Link, upload_id: str) -> None:
+    """Make the server drop an upload given up halfway (cancelled, or the file changed): a chunk at an
+    impossible offset ends it at once, and frees what it holds. Its answer is not awaited."""
+    with trio.move_on_after(2, shield=True):
+        with contextlib.suppress(UtuVoxError):
+            await link.send(f.UploadChunk(upload_id=upload_id, offset=2**53, data=""), track=False)
 
 
 # --- download -----------------------------------------------------------------------------------
@@ -149,6 +177,8 @@ def _claim(tmp: Path, directory: Path, name: str) -> Path:
     A hard link fails if the name exists, atomically, so a file created meanwhile by someone else is
     never clobbered; where hard links are not possible, an exclusive create reserves the name first.
     """
+    # The temporary file was private while incomplete; the finished one gets ordinary permissions.
+    os.chmod(tmp, 0o644)
     for candidate in _candidates(name):
         target = directory / candidate
         if target.resolve().parent != directory.resolve():
@@ -190,6 +220,7 @@ async def download(client: Client, name: str, directory: Path, progress: Progres
     start = await link.call(f.Download(name=name), on_reply=on_reply)
     if not isinstance(start, f.DownloadStart):
         raise _error(start)
+    finished = False
     try:
         target_name = safe_file_name(start.original, fallback=safe_file_name(start.name))
         tmp, out = await trio.to_thread.run_sync(_open_temp, directory, target_name)
@@ -215,8 +246,10 @@ async def download(client: Client, name: str, directory: Path, progress: Progres
                         if progress is not None:
                             progress(received, start.size)
                     elif isinstance(frame, f.DownloadEnd):
+                        finished = True
                         break
                     else:
+                        finished = True
                         raise _error(frame)
                 else:
                     raise UtuVoxError(TRANSFER_FAILED, f"Connection lost during the download: {link.reason}")
@@ -231,3 +264,5 @@ async def download(client: Client, name: str, directory: Path, progress: Progres
     finally:
         link.routes.pop(start.download_id, None)
         chunks_in.close()
+        if not finished:
+            link.discard.add(start.download_id)  # the server keeps sending: drop the rest

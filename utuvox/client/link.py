@@ -48,6 +48,8 @@ class Link:
         self.pending: dict[int, Pending] = {}
         # Frames of a transfer in progress (by ``download_id``), which carry no ``re``.
         self.routes: dict[str, trio.MemorySendChannel[Any]] = {}
+        # Downloads given up (cancelled, failed a check): the rest of their frames is dropped.
+        self.discard: set[str] = set()
         self.closed = trio.Event()
         self.reason = ""
         self.goodbye: Goodbye | None = None
@@ -116,7 +118,13 @@ class Link:
     def route(self, frame: Any) -> bool:
         """Hand a transfer's frame to the transfer; ``False`` if it belongs to none."""
         key = getattr(frame, "download_id", None)
-        route = self.routes.get(key) if isinstance(key, str) and getattr(frame, "re", None) is None else None
+        if not isinstance(key, str) or getattr(frame, "re", None) is not None:
+            return False
+        if key in self.discard:
+            if frame.type in ("download_end", "download_failed"):
+                self.discard.discard(key)
+            return True
+        route = self.routes.get(key)
         if route is None:
             return False
         try:

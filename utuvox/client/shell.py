@@ -86,6 +86,9 @@ class Shell:
             return []
         command, _, rest = line[1:].partition(" ") if line.startswith("/") else ("", "", "")
         command = command.lower()
+        if command != "quit" and not self.client.connected:
+            # Rather than leave the prompt hanging until the server is back, say so now.
+            return self.error("Not connected to the server right now; reconnecting. Try again in a moment.")
         try:
             if command == "quit":
                 return await self._quit()

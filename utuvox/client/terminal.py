@@ -93,22 +93,20 @@ class Terminal:
 
         def update(done: int, total: int) -> None:
             percent = 100 if total == 0 else done * 100 // total
-            if percent == shown[0]:
+            if percent == shown[0] or not self.interactive:  # a pipe gets no bar, only the outcome
                 return
             shown[0] = percent
             filled = BAR_WIDTH * percent // 100
             self._bar = (f"\r{label} [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {percent:3d}% "
-                         f"{human_size(done)}/{human_size(total)}")
-            if self.interactive:
-                sys.stdout.write(self._bar)
-                sys.stdout.flush()
+                         f"{human_size(done)}/{human_size(total)}\x1b[K")
+            sys.stdout.write(self._bar)
+            sys.stdout.flush()
 
         return update
 
     def _end_bar(self) -> None:
         if self._bar is not None:
-            if self.interactive:
-                sys.stdout.write("\n")
+            sys.stdout.write("\n")
             self._bar = None
 
     def _on_state(self, state: str, detail: str) -> None:

@@ -22,6 +22,9 @@ DEFAULT_WS_PORT = 9091
 # Frames from the server can be larger than what it accepts from clients (a history page, a download
 # chunk); this bounds the memory one frame may take.
 MAX_FRAME = 16 * 1024 * 1024
+# A frame cut off halfway would corrupt every frame after it, so a send is finished even if its caller
+# is cancelled meanwhile; a server that reads nothing for this long loses the connection instead.
+SEND_GRACE = 10.0
 
 
 class TransportClosed(Exception):
@@ -91,10 +94,14 @@ class TcpTransport:
 
     async def send(self, frame: bytes) -> None:
         async with self._send_lock:
-            try:
-                await self._stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise TransportClosed(str(exc) or "connection lost") from exc
+            with trio.move_on_after(SEND_GRACE, shield=True) as scope:
+                try:
+                    await self._stream.send_all(frame)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise TransportClosed(str(exc) or "connection lost") from exc
+            if scope.cancelled_caught:
+                await self.aclose()
+                raise TransportClosed("the server stopped reading")
 
     async def receive(self) -> bytes:
         while True:
@@ -142,10 +149,14 @@ class WebSocketTransport:
 
     async def send(self, frame: bytes) -> None:
         async with self._send_lock:
-            try:
-                await self._ws.send_message(frame.rstrip(b"\n").decode())
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
-                raise TransportClosed("the WebSocket is closed") from exc
+            with trio.move_on_after(SEND_GRACE, shield=True) as scope:
+                try:
+                    await self._ws.send_message(frame.rstrip(b"\n").decode())
+                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
+                    raise TransportClosed("the WebSocket is closed") from exc
+            if scope.cancelled_caught:
+                await self.aclose()
+                raise TransportClosed("the server stopped reading")
 
     async def receive(self) -> bytes | str:
         try:

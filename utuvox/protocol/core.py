@@ -292,6 +292,13 @@ class Notice(Event):
     text: str
 
 
+class Keepalive(Event):
+    """Sent by the server to a quiet JSON connection so that a peer that vanished is noticed. Carries
+    nothing: clients ignore it (and need not answer)."""
+
+    type: Literal["keepalive"] = "keepalive"
+
+
 Joined.model_rebuild()
 HistoryPage.model_rebuild()
 
@@ -304,5 +311,5 @@ REPLIES: list[type[Reply]] = [
     WhoAmIReply, WhereAmIReply, HelpReply, Pong, Goodbye,
 ]  # fmt: skip
 EVENTS: list[type[Event]] = [
-    MessageEvent, JoinEvent, LeaveEvent, FileEvent, PrivateMessage, RoomDeleted, Announcement, Notice,
+    MessageEvent, JoinEvent, LeaveEvent, FileEvent, PrivateMessage, RoomDeleted, Announcement, Notice, Keepalive,
 ]  # fmt: skip

@@ -36,8 +36,11 @@ class Code(StrEnum):
 class ProtocolError(Exception):
     """A request that cannot be served, with a stable ``code`` and a sentence for people."""
 
-    def __init__(self, code: Code | str, message: str, *, re: int | str | None = None) -> None:
+    def __init__(self, code: Code | str, message: str, *, re: int | str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = str(code)
         self.message = message
         self.re = re
+        # For ``rate_limited``: seconds after which the same request would be accepted.
+        self.retry_after = retry_after

@@ -56,19 +56,21 @@ async def open_admin_listener(path: Path, backlog: int = 16) -> tuple[trio.Socke
     """Bind and listen on ``path`` with mode 0600. Returns the listener and the file's inode (so that
     shutdown removes this file and not one that replaced it)."""
     await trio.to_thread.run_sync(_remove_stale, path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # A plain bind with no checkpoint inside: no other task runs while the umask is narrowed.
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old_umask = os.umask(0o177)
         try:
-            await sock.bind(str(path))
+            raw.bind(str(path))
         finally:
             os.umask(old_umask)
         os.chmod(path, SOCKET_MODE)
-        sock.listen(backlog)
+        raw.listen(backlog)
+        inode = path.stat().st_ino
     except BaseException:
-        sock.close()
+        raw.close()
         raise
-    return trio.SocketListener(sock), path.stat().st_ino
+    return trio.SocketListener(trio.socket.from_stdlib_socket(raw)), inode
 
 
 def _remove_if_ours(path: Path, inode: int) -> None:

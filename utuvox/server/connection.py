@@ -101,6 +101,11 @@ class LineConnection:
                 continue
             self._feed(data)
 
+    @property
+    def partial_bytes(self) -> int:
+        """Bytes of a frame whose newline has not arrived yet (the keepalive watchdog times them)."""
+        return len(self._partial)
+
     def pack(self, frames: list[bytes]) -> bytes:
         return frames[0] if len(frames) == 1 else b"".join(frames)
 

@@ -9,12 +9,14 @@ import logging
 
 import trio
 
+from utuvox.chat.limits import SessionLimiter, monotonic
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session
 from utuvox.protocol import Code, ProtocolError, json_codec, text_codec
 from utuvox.protocol.core import Error, Notice
 
 from .connection import Connection
+from .keepalive import Watchdog
 from .outbox import Codec, Flusher, Outbox
 
 log = logging.getLogger("utuvox.server")
@@ -24,11 +26,13 @@ WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /logi
 
 
 async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int, flusher: Flusher,
-                      operator: str | None = None) -> None:
+                      operator: str | None = None, watchdog: Watchdog | None = None) -> None:
     outbox = Outbox(conn, codec, queue_limit, flusher)
     session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
     outbox.session = session
     chat.connect(session)
+    limiter = chat.limits.sessions.get(session)
+    watch = watchdog.watch(session, outbox, limiter, codec, conn) if watchdog is not None else None
     log.info("connection %d from %s (%s, %s)", session.id, conn.address, conn.transport, codec)
     if codec == "text":
         outbox.send(Notice(text=WELCOME))
@@ -41,7 +45,7 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(writer)
-            await _read_loop(chat, session, conn, codec, outbox)
+            await _read_loop(chat, session, conn, codec, outbox, limiter)
             # The reader is done: the peer closed its side, or the session is closing (quit, ban).
             # Either way the writer flushes what is queued, then ends the nursery.
             outbox.finish()
@@ -49,6 +53,8 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
                 await trio.sleep_forever()
             nursery.cancel_scope.cancel()
     finally:
+        if watchdog is not None:
+            watchdog.forget(watch)
         with trio.CancelScope(shield=True):
             await chat.disconnect(session)
             outbox.detach()  # before the close: the descriptor's number may be reused at once
@@ -60,7 +66,8 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
         log.info("connection %d (%s) ended: %s", session.id, who, reason)
 
 
-async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Codec, outbox: Outbox) -> None:
+async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Codec, outbox: Outbox,
+                     limiter: SessionLimiter | None) -> None:
     while not outbox.closing:
         try:
             frame = await conn.receive()
@@ -69,6 +76,9 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
             continue
         if frame is None:
             return
+        # Every frame costs a token, garbage included; the check is a few float operations.
+        now = monotonic()
+        wait = limiter.request(now) if limiter is not None else 0.0
         try:
             if codec == "json":
                 request = json_codec.decode_request(frame)
@@ -78,14 +88,29 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
                     continue  # an empty line in text mode is nothing, as at a shell prompt
                 request = text_codec.parse_line(line)
         except ProtocolError as exc:
-            outbox.send(Error(re=exc.re, code=exc.code, message=exc.message))
+            if wait:
+                exc = _refused(chat, session, limiter, now, wait, exc.re)
+            outbox.send(Error(re=exc.re, code=exc.code, message=exc.message, retry_after=exc.retry_after))
+            continue
+        if wait:
+            exc = _refused(chat, session, limiter, now, wait, request.id)
+            outbox.send(Error(re=exc.re, code=exc.code, message=exc.message, retry_after=exc.retry_after), request)
             continue
         try:
             reply = await chat.handle(session, request)
         except ProtocolError as exc:
-            reply = Error(re=request.id, code=exc.code, message=exc.message)
+            reply = Error(re=request.id, code=exc.code, message=exc.message, retry_after=exc.retry_after)
         except Exception:
             log.exception("internal error handling %s", request.type)
             reply = Error(re=request.id, code=Code.INTERNAL, message="Internal server error.")
         if reply is not None:
             outbox.send(reply, request)
+
+
+def _refused(chat: Chat, session: Session, limiter: SessionLimiter | None, now: float, wait: float,
+             re: int | str | None) -> ProtocolError:
+    """The ``rate_limited`` answer to a frame over the request rate (it may close the session)."""
+    assert limiter is not None
+    exc = chat.limits.refuse(session, limiter, now, wait, "requests")
+    exc.re = re
+    return exc

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from utuvox.chat.config import ChatConfig
 from utuvox.chat.files import FileConfig
+from utuvox.chat.limits import LimitsConfig, Rate
 from utuvox.protocol.files import chunk_size_for_frame
 
 
@@ -28,6 +29,49 @@ class Settings(BaseSettings):
     send_queue_frames: int = Field(10_000, ge=16, description="frames queued for one client before it is cut off")
     detect_timeout: float = Field(0.5, gt=0, description="how long to wait for a first byte to tell JSON from text")
     shutdown_grace: float = Field(2.0, ge=0, description="seconds to flush goodbyes on shutdown")
+
+    # rates (token buckets: a steady rate per second and a burst), per connection and per user; the defaults
+    # never slow the benchmarks (docs/SECURITY.md gives values for a public server)
+    session_requests_per_second: float = Field(200_000, gt=0, description="requests one connection may make")
+    session_requests_burst: float = Field(200_000, ge=1)
+    user_requests_per_second: float = Field(200_000, gt=0, description="requests of one user, all connections")
+    user_requests_burst: float = Field(200_000, ge=1)
+    session_messages_per_second: float = Field(200_000, gt=0, description="messages one connection may send")
+    session_messages_burst: float = Field(200_000, ge=1)
+    user_messages_per_second: float = Field(200_000, gt=0, description="messages of one user, all connections")
+    user_messages_burst: float = Field(200_000, ge=1)
+    session_joins_per_second: float = Field(50, gt=0, description="rooms one connection may join")
+    session_joins_burst: float = Field(200, ge=1)
+    user_joins_per_second: float = Field(50, gt=0)
+    user_joins_burst: float = Field(200, ge=1)
+    session_logins_per_second: float = Field(2, gt=0, description="login/register attempts of one connection")
+    session_logins_burst: float = Field(10, ge=1)
+    user_logins_per_second: float = Field(20, gt=0, description="login attempts on one account, from anywhere")
+    user_logins_burst: float = Field(60, ge=1)
+    rate_limit_strikes: int = Field(50, ge=1, description="rate_limited errors before a client is disconnected")
+    # failed logins: a delay doubling from login_delay_base up to login_delay_max after the free failures
+    login_free_failures: int = Field(5, ge=0, description="failed logins on one account before delays start")
+    address_free_failures: int = Field(20, ge=0, description="failed logins from one address before delays")
+    login_delay_base: float = Field(1.0, gt=0)
+    login_delay_max: float = Field(30.0, gt=0, description="the longest delay a run of failed logins earns")
+    login_failure_window: float = Field(900.0, gt=0, description="seconds after which failures are forgotten")
+    # caps
+    max_rooms_per_user: int = Field(100, ge=1, description="rooms one user is in at once")
+    max_room_members: int = Field(20_000, ge=1, description="connections in one room")
+    max_sessions_per_user: int = Field(100, ge=1, description="connections logged in as one user")
+    max_connections_per_address: int = Field(20_000, ge=1, description="connections from one IP (IPv6: one /64)")
+    max_upload_bytes_per_day: int = Field(10 * 1024**3, ge=0, description="bytes one user may upload per UTC day")
+    # connections that go quiet or never finish
+    keepalive_interval: float = Field(30.0, gt=0, description="probe a connection after this long with no traffic")
+    keepalive_timeout: float = Field(60.0, gt=0, description="close a connection whose peer is gone this long")
+    login_timeout: float = Field(60.0, ge=0, description="close connections not logged in by then (0: never)")
+    idle_timeout: float = Field(0.0, ge=0, description="close connections silent this long (0: never)")
+    frame_timeout: float = Field(60.0, ge=0, description="longest time one frame may take to arrive (0: no limit)")
+    handshake_timeout: float = Field(10.0, gt=0, description="TLS and WebSocket handshakes")
+
+    # TLS: both or neither; then the TCP port speaks TLS and the WebSocket port WSS
+    tls_cert: Path | None = Field(None, description="PEM certificate chain")
+    tls_key: Path | None = Field(None, description="PEM private key")
 
     # file sharing
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=0, description="largest file a client may upload")
@@ -92,4 +136,22 @@ class Settings(BaseSettings):
             argon2_memory_kib=self.argon2_memory_kib,
             argon2_time_cost=self.argon2_time_cost,
             argon2_parallelism=self.argon2_parallelism,
+            limits=self.limits_config(),
+        )
+
+    def limits_config(self) -> LimitsConfig:
+        def rate(kind: str) -> Rate:
+            return Rate(getattr(self, f"{kind}_per_second"), getattr(self, f"{kind}_burst"))
+
+        return LimitsConfig(
+            session_requests=rate("session_requests"), user_requests=rate("user_requests"),
+            session_messages=rate("session_messages"), user_messages=rate("user_messages"),
+            session_joins=rate("session_joins"), user_joins=rate("user_joins"),
+            session_logins=rate("session_logins"), user_logins=rate("user_logins"),
+            strikes=self.rate_limit_strikes,
+            login_free_failures=self.login_free_failures, address_free_failures=self.address_free_failures,
+            login_delay_base=self.login_delay_base, login_delay_max=self.login_delay_max,
+            login_failure_window=self.login_failure_window,
+            max_rooms_per_user=self.max_rooms_per_user, max_room_members=self.max_room_members,
+            max_sessions_per_user=self.max_sessions_per_user, max_upload_bytes_per_day=self.max_upload_bytes_per_day,
         )

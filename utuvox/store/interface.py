@@ -107,6 +107,10 @@ class Store(Protocol):
         """Queue one event for the next group commit and return at once; ``on_commit`` runs (in the
         event loop, in commit order) with ``None`` once it is durable, or with the error."""
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether the commit queue is full (``wait_for_room`` would wait)."""
+
     async def wait_for_room(self) -> None:
         """Return when the commit queue has room (back-pressure for producers of ``submit_event``)."""
 

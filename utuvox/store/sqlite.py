@@ -56,7 +56,7 @@ class SchemaTooNew(StoreError):
 
 @dataclass(slots=True)
 class _Pending:
-    op: Op
+    op: Op | None  # None for a history row: see ``row``
     on_done: Callable[[Any, BaseException | None], None]
     # For a history row: the row itself, so consecutive rows go in with one executemany.
     row: tuple[Any, ...] | None = None
@@ -238,7 +238,11 @@ class SqliteStore:
     def _run_one(conn: sqlite3.Connection, item: _Pending) -> tuple[Any, BaseException | None]:
         conn.execute("SAVEPOINT op")
         try:
-            result = item.op(conn)
+            if item.op is None:
+                conn.execute(INSERT_EVENT, item.row)
+                result = None
+            else:
+                result = item.op(conn)
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
@@ -252,7 +256,7 @@ class SqliteStore:
         conn.execute("RELEASE op")
         return result, None
 
-    def submit(self, op: Op, on_done: Callable[[Any, BaseException | None], None],
+    def submit(self, op: Op | None, on_done: Callable[[Any, BaseException | None], None],
                row: tuple[Any, ...] | None = None) -> None:
         if self._closed:
             on_done(None, StoreError("the store is closed"))
@@ -260,6 +264,11 @@ class SqliteStore:
         self._pending.append(_Pending(op, on_done, row))
         if len(self._pending) == 1:
             self._wake.unpark()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether :meth:`wait_for_room` would wait (a cheap test for the hot path)."""
+        return len(self._pending) >= self._max_pending
 
     async def wait_for_room(self) -> None:
         while len(self._pending) >= self._max_pending:
@@ -380,7 +389,7 @@ class SqliteStore:
         return op
 
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(self._insert_event(event), lambda _result, error: on_commit(error), _event_row(event))
+        self.submit(None, lambda _result, error: on_commit(error), _event_row(event))
 
     async def append_event(self, event: StoredEvent) -> None:
         await self.write(self._insert_event(event))

@@ -1,0 +1,197 @@
+"""Finding connections that went quiet, vanished, or never finish: one watchdog task for the whole server.
+
+A peer can disappear without closing (a laptop lid shut, a cable pulled, a NAT forgetting the mapping):
+nothing arrives and, as long as the server sends nothing either, nothing fails. So:
+
+- every TCP socket gets TCP keepalive and ``TCP_USER_TIMEOUT``: the kernel probes an idle connection and
+  drops one whose sent data stays unacknowledged for ``keepalive_timeout``;
+- after ``keepalive_interval`` without traffic the server sends something: to a JSON client a
+  ``{"type": "keepalive", "ts": ...}`` event (clients ignore it; its write is what lets the kernel notice
+  a dead peer), to a WebSocket a ping frame, which must be answered with a pong within
+  ``keepalive_timeout``; text mode gets nothing visible and relies on TCP keepalive alone;
+- connections that never log in (``login_timeout``), that stay silent (``idle_timeout``, off by default:
+  people idle in rooms for days) or that trickle a frame byte by byte (``frame_timeout``, slowloris) are
+  closed with a goodbye that says why.
+
+One task sweeps every connection once a second rather than one timer per connection, which would cost
+memory on a server holding tens of thousands of idle connections. Nothing here touches the path of a
+frame: the time of the last frame is the stamp of the session's request bucket, and a frame in progress
+is seen in the line buffer of the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_websocket
+
+from utuvox.chat.limits import SessionLimiter, monotonic
+from utuvox.chat.session import Session
+from utuvox.protocol.core import Keepalive
+
+from .connection import Connection
+from .outbox import Outbox
+
+log = logging.getLogger("utuvox.server")
+
+TIMEOUT = "timeout"  # the goodbye code of every close here
+
+
+def tune_socket(stream: trio.SocketStream, interval: float, timeout: float) -> None:
+    """TCP keepalive probes after ``interval`` idle seconds, a dead peer dropped within ``timeout``."""
+    probes = 3
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), max(1, int(interval))),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, int(timeout / probes))),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), probes),
+        # Sent data unacknowledged this long (a peer gone while we were writing) breaks the connection.
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(timeout * 1000)),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            with contextlib.suppress(OSError):
+                stream.setsockopt(level, option, value)
+
+
+@dataclass(eq=False)
+class Watch:
+    """What the watchdog knows of one connection."""
+
+    session: Session
+    outbox: Outbox
+    limiter: SessionLimiter
+    codec: str
+    conn: Connection
+    started: float
+    sent_seen: int = -1  # outbox.bytes_sent at the last sweep
+    quiet_since: float = 0.0  # when the server last sent anything
+    partial_since: float | None = None  # when a sweep first saw the frame now in progress
+    pinging: bool = False
+
+    @property
+    def ws(self) -> trio_websocket.WebSocketConnection | None:
+        return getattr(self.conn, "ws", None)
+
+    @property
+    def last_in(self) -> float:
+        """When the last frame arrived: the request bucket is stamped with every frame read."""
+        return self.limiter.requests.stamp
+
+    def close(self, reason: str) -> None:
+        """Say goodbye and close (for a client that is alive but breaks a rule)."""
+        log.info("closing connection %d from %s: %s", self.session.id, self.session.address, reason)
+        self.outbox.close(reason, TIMEOUT)
+
+    def kill(self, reason: str) -> None:
+        """Drop the connection now: the peer is gone, a goodbye would never arrive."""
+        log.info("dropping connection %d from %s: %s", self.session.id, self.session.address, reason)
+        outbox = self.outbox
+        outbox.cut_off = reason
+        outbox.closing = True
+        if outbox.scope is not None:
+            outbox.scope.cancel()
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 60.0
+    login_timeout: float = 60.0  # 0: never
+    idle_timeout: float = 0.0  # 0: never
+    frame_timeout: float = 60.0  # 0: never
+
+
+class Watchdog:
+    def __init__(self, config: WatchConfig) -> None:
+        self.config = config
+        self.watches: dict[Watch, None] = {}
+        self._nursery: trio.Nursery | None = None
+        self.closed = 0  # connections closed or dropped here, for statistics
+
+    def watch(self, session: Session, outbox: Outbox, limiter: SessionLimiter | None, codec: str,
+              conn: Connection) -> Watch | None:
+        if limiter is None:  # the admin socket: local and privileged, nothing to watch
+            return None
+        now = monotonic()
+        watch = Watch(session, outbox, limiter, codec, conn, started=now, quiet_since=now)
+        self.watches[watch] = None
+        return watch
+
+    def forget(self, watch: Watch | None) -> None:
+        if watch is not None:
+            self.watches.pop(watch, None)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        c = self.config
+        tick = min(1.0, *(t / 4 for t in (c.keepalive_interval, c.login_timeout, c.idle_timeout, c.frame_timeout)
+                          if t > 0))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(tick)
+                self.sweep(monotonic())
+
+    def sweep(self, now: float) -> None:
+        c = self.config
+        for watch in list(self.watches):
+            outbox = watch.outbox
+            if outbox.closing:
+                continue
+            last_in = watch.last_in
+            if c.login_timeout and watch.session.user is None and now - watch.started > c.login_timeout:
+                self.closed += 1
+                watch.close(f"Not logged in within {c.login_timeout:g} seconds.")
+                continue
+            if c.idle_timeout and now - max(last_in, watch.started) > c.idle_timeout:
+                self.closed += 1
+                watch.close(f"Nothing received for {c.idle_timeout:g} seconds.")
+                continue
+            if c.frame_timeout and self._frame_too_slow(watch, last_in, now):
+                self.closed += 1
+                watch.close(f"A frame took longer than {c.frame_timeout:g} seconds to arrive.")
+                continue
+            if outbox.bytes_sent != watch.sent_seen:
+                watch.sent_seen = outbox.bytes_sent
+                watch.quiet_since = now
+            elif now - watch.quiet_since >= c.keepalive_interval:
+                watch.quiet_since = now
+                self._probe(watch)
+
+    def _frame_too_slow(self, watch: Watch, last_in: float, now: float) -> bool:
+        """Whether the same frame has been arriving for longer than ``frame_timeout`` (slowloris)."""
+        if not getattr(watch.conn, "partial_bytes", 0):
+            watch.partial_since = None
+            return False
+        if watch.partial_since is None or last_in > watch.partial_since:
+            watch.partial_since = now  # a frame completed since the last sight: this is a new one
+            return False
+        return now - watch.partial_since > self.config.frame_timeout
+
+    def _probe(self, watch: Watch) -> None:
+        if watch.ws is not None:
+            if not watch.pinging and self._nursery is not None:
+                watch.pinging = True
+                self._nursery.start_soon(self._ping, watch, watch.ws)
+        elif watch.codec == "json":
+            watch.outbox.send(Keepalive())
+        # Text mode: nothing a person would see; TCP keepalive watches the connection.
+
+    async def _ping(self, watch: Watch, ws: trio_websocket.WebSocketConnection) -> None:
+        try:
+            with trio.move_on_after(self.config.keepalive_timeout) as scope:
+                try:
+                    await ws.ping()
+                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if scope.cancelled_caught and watch in self.watches:
+                self.closed += 1
+                watch.kill(f"no answer to a WebSocket ping within {self.config.keepalive_timeout:g} seconds")
+        finally:
+            watch.pinging = False
