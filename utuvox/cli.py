@@ -13,6 +13,12 @@ from pathlib import Path
 import trio
 
 
+def _only_error(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     from utuvox.server.app import Server
     from utuvox.server.settings import Settings
@@ -34,7 +40,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     try:
-        trio.run(Server(settings, announce=announce).run)
+        try:
+            trio.run(Server(settings, announce=announce).run)
+        except BaseExceptionGroup as group:
+            # A failure while starting (a port in use) comes out of the nurseries wrapped in a group.
+            raise _only_error(group) from None
     except TlsConfigError as exc:
         print(f"utuvox: {exc}", file=sys.stderr)
         return 2

@@ -4,8 +4,9 @@ Rates are token buckets: a bucket holds up to ``burst`` tokens, gains ``per_seco
 and every request, message, join or login attempt takes one. A session has its own buckets, and so does
 each user across all of their sessions (so opening more connections buys no more rate). An empty bucket
 means the client is told ``rate_limited`` with the seconds after which a retry will succeed
-(``retry_after``); a client that keeps going regardless runs out of patience (``strikes``: rejections
-tolerated, refilled one per second) and is disconnected.
+(``retry_after``); a client that keeps going regardless runs out of patience (``strikes``: requests made
+before the end of a wait it was told of, tolerated up to a number that grows back by one per second) and
+is disconnected. A client that waits as told is never disconnected, however often it is refused.
 
 The checks sit on the hot path of every request, so a bucket is a slotted object whose check is a few
 float operations, with no allocation, and the clock is read once per frame by the caller.
@@ -19,6 +20,7 @@ delay: someone hammering an account from elsewhere cannot lock its owner out.
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,7 +97,7 @@ class LimitsConfig:
     user_joins: Rate = Rate(50, 200)
     session_logins: Rate = Rate(2, 10)  # login, register and changepassword attempts of one connection
     user_logins: Rate = Rate(20, 60)  # attempts on one account, from anywhere
-    strikes: int = 50  # rejected requests tolerated (refilled one per second) before disconnecting
+    strikes: int = 50  # requests made during a wait the client was told of, tolerated (one more per second)
     # failed logins
     login_free_failures: int = 5  # per account, before delays start
     address_free_failures: int = 20  # per address, over all accounts
@@ -148,7 +150,7 @@ class UserLimiter:
 class SessionLimiter:
     """One session's buckets, and its user's once it has logged in."""
 
-    __slots__ = ("joins", "logins", "messages", "requests", "strikes", "user")
+    __slots__ = ("hold_until", "joins", "logins", "messages", "requests", "strikes", "user")
 
     def __init__(self, cfg: LimitsConfig, now: float) -> None:
         self.requests = cfg.session_requests.bucket(now)
@@ -156,6 +158,7 @@ class SessionLimiter:
         self.joins = cfg.session_joins.bucket(now)
         self.logins = cfg.session_logins.bucket(now)
         self.strikes = TokenBucket(1.0, max(1, cfg.strikes), now)
+        self.hold_until = 0.0  # the end of the last wait the client was told to make
         self.user: UserLimiter | None = None
 
     def request(self, now: float) -> float:
@@ -165,9 +168,17 @@ class SessionLimiter:
             return wait
         return self.user.requests.take(now)
 
-    def strike(self, now: float) -> bool:
-        """Count a rejected request; True once the client has ignored ``rate_limited`` too often."""
-        return self.strikes.take(now) > 0.0
+    def strike(self, now: float, wait: float) -> bool:
+        """A request was refused, the client told to wait ``wait`` seconds. True once it has too often
+        come back before the end of a wait it was told to make: a client that waits is never struck."""
+        ignored = now < self.hold_until
+        self.hold_until = now + wait
+        return ignored and self.strikes.take(now) > 0.0
+
+
+def _seconds(wait: float) -> float:
+    """``retry_after`` on the wire: milliseconds, rounded up, so that waiting exactly that long is enough."""
+    return math.ceil(wait * 1000) / 1000
 
 
 # --- failed logins --------------------------------------------------------------------------------
@@ -328,11 +339,11 @@ class Limits:
     def refuse(self, session: Session, limiter: SessionLimiter, now: float, wait: float, what: str) -> ProtocolError:
         """The error for a request over its rate; disconnects a client that keeps ignoring them."""
         self.rejected += 1
-        if limiter.strike(now):
+        if limiter.strike(now, wait):
             self.flooders += 1
             session.peer.close(f"Disconnected: too many {what}, despite rate_limited errors.", Code.RATE_LIMITED)
         return ProtocolError(Code.RATE_LIMITED, f"Too many {what}; retry in {wait:.2f} s.",
-                             retry_after=round(wait, 3))
+                             retry_after=_seconds(wait))
 
     def check_message(self, session: Session) -> None:
         limiter = self.sessions.get(session)
@@ -385,7 +396,7 @@ class Limits:
             # a typo must not cost the connection.
             self.rejected += 1
             raise ProtocolError(Code.RATE_LIMITED, f"Too many failed attempts; retry in {wait:.1f} s.",
-                                retry_after=round(wait, 3))
+                                retry_after=_seconds(wait))
 
     def login_failed(self, session: Session, account: str | None) -> None:
         if session.transport != "admin":

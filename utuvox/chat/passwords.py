@@ -1,13 +1,13 @@
 """argon2id password hashing, always on a worker thread: a hash takes tens of milliseconds on purpose,
-and the event loop must never wait for it."""
+and the event loop must never wait for it. The threads run at the lowest priority (see low_priority)."""
 
 from __future__ import annotations
 
-import trio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from .config import ChatConfig
+from .low_priority import LowPriorityThreads
 
 
 class Passwords:
@@ -17,13 +17,13 @@ class Passwords:
             memory_cost=config.argon2_memory_kib,
             parallelism=config.argon2_parallelism,
         )
-        self._limiter = trio.CapacityLimiter(config.hash_threads)
+        self._threads = LowPriorityThreads(config.hash_threads, "argon2")
         # Verifying against this when a user does not exist makes "no such user" cost as much as
         # "wrong password", so response times do not reveal which usernames exist.
         self._dummy = self._hasher.hash("not a real password")
 
     async def hash(self, password: str) -> str:
-        return await trio.to_thread.run_sync(self._hasher.hash, password, limiter=self._limiter)
+        return await self._threads.run(self._hasher.hash, password)
 
     async def verify(self, stored_hash: str | None, password: str) -> bool:
         def check() -> bool:
@@ -32,7 +32,7 @@ class Passwords:
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
 
-        return await trio.to_thread.run_sync(check, limiter=self._limiter)
+        return await self._threads.run(check)
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     session_logins_burst: float = Field(10, ge=1)
     user_logins_per_second: float = Field(20, gt=0, description="login attempts on one account, from anywhere")
     user_logins_burst: float = Field(60, ge=1)
-    rate_limit_strikes: int = Field(50, ge=1, description="rate_limited errors before a client is disconnected")
+    rate_limit_strikes: int = Field(50, ge=1, description="requests sent while told to wait, before a disconnect")
     # failed logins: a delay doubling from login_delay_base up to login_delay_max after the free failures
     login_free_failures: int = Field(5, ge=0, description="failed logins on one account before delays start")
     address_free_failures: int = Field(20, ge=0, description="failed logins from one address before delays")

@@ -148,6 +148,10 @@ class SqliteStore:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
+        # Checkpoints (copying the WAL into the database file, with an fsync) would otherwise run inside
+        # whichever commit crosses the threshold, and every message in that batch would wait for the
+        # disk. They run on their own connection and thread instead (see _checkpoints).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         self._writer = conn
 
     async def close(self) -> None:
@@ -162,7 +166,36 @@ class SqliteStore:
             await trio.to_thread.run_sync(writer.close, limiter=self._writes)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._checkpoints)
+            task_status.started()
+            try:
+                await self._commit_forever()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _checkpoints(self, interval: float = 1.0) -> None:
+        """Move committed pages from the WAL into the database now and then, off the commit path. A
+        PASSIVE checkpoint never blocks the writer; the WAL starts over once one has caught up."""
+        conn: sqlite3.Connection | None = None
+        last = -1
+        try:
+            while True:
+                await trio.sleep(interval)
+                if self.commits == last:
+                    continue
+                last = self.commits
+                if conn is None:
+                    conn = await trio.to_thread.run_sync(self._connect)
+                try:
+                    await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint failed: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    async def _commit_forever(self) -> None:
         try:
             while True:
                 if not self._pending:
