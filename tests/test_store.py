@@ -13,7 +13,7 @@ from utuvox.store import Conflict, SchemaTooNew, SqliteStore, StoredEvent
 
 
 def event(room_id: int, seq: int, text: str = "x") -> StoredEvent:
-    return StoredEvent(room_id, seq, "2026-01-01T00:00:00.000000Z", "message", "bob", f'{{"text": "{text}"}}')
+    return StoredEvent(room_id, seq, 1767225600.0, "message", "bob", f'{{"text": "{text}"}}')
 
 
 async def test_a_failing_row_fails_alone_in_its_batch(tmp_path: Path) -> None:

@@ -62,8 +62,9 @@ def fill(db_path: Path, count: int) -> float:
         def rows() -> Any:
             for i in range(count):
                 seq = last + 1 + i
-                ts = iso(base + timedelta(microseconds=10_000 * i))
-                yield room_id, seq, ts, "message", WRITER, _body(seq, ts, f"stored message {seq}")
+                when = base + timedelta(microseconds=10_000 * i)
+                ts = iso(when)
+                yield room_id, seq, when.timestamp(), "message", WRITER, _body(seq, ts, f"stored message {seq}")
 
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("BEGIN IMMEDIATE")

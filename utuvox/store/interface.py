@@ -44,7 +44,7 @@ class StoredEvent:
 
     room_id: int
     seq: int
-    ts: str
+    ts: float  # UNIX time
     type: str
     user: str
     body: str

@@ -28,7 +28,7 @@ MIGRATIONS: dict[int, list[str]] = {
         """CREATE TABLE events (
             room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
-            ts TEXT NOT NULL,
+            ts REAL NOT NULL,  -- UNIX time; the event's own ISO 8601 time is in body
             type TEXT NOT NULL,
             user TEXT NOT NULL,
             body TEXT NOT NULL,
