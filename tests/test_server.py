@@ -264,3 +264,16 @@ async def test_slow_reader_is_cut_off_and_the_room_goes_on(tmp_path: Path) -> No
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert [e["user"] for e in events if e["type"] == "leave"] == ["carol"]
         raw.close()
+
+
+async def test_message_acknowledgements_echo_any_kind_of_id(server, connect_json) -> None:
+    js = await connect_json()
+    await login_json(js, "alice")
+    await js.request("create", room="general")
+    for rid in [7, "plain", 'quote " and \\ backslash', "ünïcødé ✓", ""]:
+        await js.send({"type": "message", "text": "hi", "id": rid})
+        ok = await js.recv_until(lambda f: f.get("type") == "ok")
+        assert ok["re"] == rid and ok["room"] == "general" and isinstance(ok["seq"], int)
+    await js.send({"type": "message", "text": "no id"})
+    ok = await js.recv_until(lambda f: f.get("type") == "ok")
+    assert "re" not in ok and ok["room"] == "general"

@@ -20,6 +20,8 @@ def _only_error(exc: BaseException) -> BaseException:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import sqlite3
+
     from utuvox.server.app import Server
     from utuvox.server.settings import Settings
     from utuvox.server.tls import TlsConfigError
@@ -50,6 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     except StoreError as exc:
         print(f"utuvox: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # so damaged that SQLite cannot even read it ("file is not a database")
+        print(f"utuvox: cannot use the database {settings.db_path}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"utuvox: cannot start: {exc}", file=sys.stderr)

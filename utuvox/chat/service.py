@@ -365,7 +365,7 @@ class Chat:
             session.ack_wait.unpark()
             if error is None:
                 self.messages_sent += 1
-                peer.send(p.Ok(re=req.id, room=room.name, seq=seq), req)
+                peer.acknowledge(req, room.name, seq)
             else:
                 log.error("message not stored in %s: %s", room.name, error)
                 peer.send(p.Error(re=req.id, code=Code.STORAGE, message="The server could not store that message."),

@@ -25,6 +25,10 @@ class Peer(Protocol):
     def send(self, frame: Reply | Event, request: Request | None = None) -> None:
         """Queue a reply (``request`` is what it answers) or a one-off event."""
 
+    def acknowledge(self, request: Request, room: str, seq: int) -> None:
+        """Queue the ``ok`` of a stored message: ``send(Ok(re=request.id, room=room, seq=seq), request)``,
+        made without a model because every message a server takes in gets one."""
+
     async def send_paced(self, frame: Reply | Event) -> None:
         """Queue a frame, waiting while the queue is full (back-pressure, for bulk transfers)."""
 

@@ -14,6 +14,7 @@ writer task take over and wait for the socket.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import deque
@@ -114,6 +115,17 @@ class Outbox:
         data = self._encode(frame, request)
         if data:
             self._put(data)
+
+    def acknowledge(self, request: Request, room: str, seq: int) -> None:
+        if self.codec == "text":
+            return  # text mode shows the message itself, which comes back as an event
+        rid = request.id
+        if rid is None:
+            self._put(b'{"type":"ok","room":"%s","seq":%d}\n' % (room.encode(), seq))
+        else:
+            # json.dumps quotes a string id exactly as pydantic would; room names are plain ASCII.
+            re = str(rid).encode() if rid.__class__ is int else json.dumps(rid).encode()
+            self._put(b'{"type":"ok","re":%s,"room":"%s","seq":%d}\n' % (re, room.encode(), seq))
 
     async def send_paced(self, frame: Reply | Event) -> None:
         while (len(self._queue) >= self.limit // 2 or self._queued_bytes >= self.paced_bytes) and not self.closing:
