@@ -29,7 +29,10 @@ Handler = Callable[[Client, argparse.Namespace], Awaitable[None]]
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--url", default=os.environ.get("UTUVOX_URL", "tcp://127.0.0.1:9090"),
-                   help="server URL, tcp://host:port or ws://host:port (default $UTUVOX_URL or tcp://127.0.0.1:9090)")
+                   help="server URL, tcp://host:port or ws://host:port; tcps:// or wss:// for TLS "
+                        "(default $UTUVOX_URL or tcp://127.0.0.1:9090)")
+    p.add_argument("--ca", default=os.environ.get("UTUVOX_CA"), metavar="PEM",
+                   help="verify a TLS server against this CA file (default $UTUVOX_CA, else the system's CAs)")
     p.add_argument("--user", default=os.environ.get("UTUVOX_BOT_USER"),
                    help="the bot's username (default $UTUVOX_BOT_USER)")
     p.add_argument("--password", default=os.environ.get("UTUVOX_BOT_PASSWORD"),
@@ -106,7 +109,7 @@ async def run(args: argparse.Namespace, handler: Handler, *, join: bool = True,
     """Connect, sign in, join ``args.rooms`` (unless ``join=False``: the handler joins them itself), then
     hand over to ``handler`` until it returns. ``task_status.started(client)`` comes once the bot is
     in its rooms, for tests and for programs that run several bots in one process."""
-    async with connect(args.url, reconnect=True) as client:
+    async with connect(args.url, reconnect=True, ca=getattr(args, "ca", None)) as client:
         await client.sign_in(args.user, args.password, register=args.register, bot=True)
         if join:
             for room in args.rooms:

@@ -74,7 +74,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> int:
     from utuvox.client.terminal import main as terminal_main
 
-    return terminal_main(args.url, args.downloads)
+    return terminal_main(args.url, args.downloads, args.ca)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser("client", help="run the terminal client")
     client.add_argument("--url", default="tcp://127.0.0.1:9090",
-                        help="server URL: tcp://host:port or ws://host:port (default tcp://127.0.0.1:9090)")
+                        help="server URL: tcp://, tcps:// (TLS), ws:// or wss:// host:port "
+                             "(default tcp://127.0.0.1:9090)")
+    client.add_argument("--ca", type=Path, metavar="PEM",
+                        help="verify a tcps:// or wss:// server against this CA (default: the system's CAs)")
     client.add_argument("--downloads", type=Path, default=Path("downloads"),
                         help="where /download saves files (default ./downloads)")
     client.set_defaults(func=_client)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from utuvox.protocol import Event, json_codec, text_codec
 from utuvox.protocol.core import MessageEvent
 
 
 class Wire:
-    __slots__ = ("_json_text", "_text_here", "_text_there", "event", "json", "room")
+    __slots__ = ("_framed", "_json_text", "_text_here", "_text_there", "event", "json", "room")
 
     def __init__(self, event: Event) -> None:
         self.event = event
@@ -16,6 +18,7 @@ class Wire:
         self._json_text: str | None = None
         self._text_here: bytes | None = None
         self._text_there: bytes | None = None
+        self._framed: tuple[Callable[[bytes], bytes], bytes] | None = None
 
     @property
     def json_text(self) -> str:
@@ -23,6 +26,13 @@ class Wire:
         if self._json_text is None:
             self._json_text = self.json[:-1].decode()
         return self._json_text
+
+    def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
+        """The JSON line as a transport frames it (a WebSocket text frame), made once per event."""
+        cached = self._framed
+        if cached is None or cached[0] is not frame:
+            cached = self._framed = (frame, frame(self.json))
+        return cached[1]
 
     def text(self, current_room: str | None) -> bytes:
         """The text-mode line. Room messages render two ways: in the reader's current room, or

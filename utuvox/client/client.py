@@ -59,8 +59,10 @@ class Client:
 
     def __init__(self, url: str, *, reconnect: bool = False,
                  retry_initial: float = 0.1, retry_max: float = 5.0, connect_timeout: float = 10.0,
-                 keepalive: float | None = 30.0, on_state: StateCallback | None = None) -> None:
+                 keepalive: float | None = 30.0, on_state: StateCallback | None = None,
+                 ca: str | Path | None = None) -> None:
         self.address: Address = parse_url(url)
+        self.ca = ca  # the CA file a tcps:// or wss:// server's certificate is verified against
         self.reconnect = reconnect
         self.retry_initial = retry_initial
         self.retry_max = retry_max
@@ -366,7 +368,7 @@ class Client:
 
     async def _open(self) -> Link:
         assert self._transports is not None, "run() opens the transports' nursery"
-        transport = await open_transport(self.address, self._transports, timeout=self.connect_timeout)
+        transport = await open_transport(self.address, self._transports, timeout=self.connect_timeout, ca=self.ca)
         return Link(transport)
 
     async def _reopen(self) -> Link:
@@ -474,6 +476,8 @@ class Client:
     # --- what the reader hands over -------------------------------------------------------------
 
     def _on_frame(self, link: Link, frame: Any) -> None:
+        if isinstance(frame, p.Keepalive):
+            return  # the server checking that the connection is alive: nothing for the application
         if isinstance(frame, Reply) and frame.re is not None:
             pending = link.resolve(frame)
             if pending is not None:
@@ -504,8 +508,10 @@ class Client:
 @asynccontextmanager
 async def connect(url: str = "tcp://127.0.0.1:9090", *, reconnect: bool = False, retry_initial: float = 0.1,
                   retry_max: float = 5.0, connect_timeout: float = 10.0, keepalive: float | None = 30.0,
-                  on_state: StateCallback | None = None) -> AsyncIterator[Client]:
-    """Connect to the server at ``url`` (``tcp://host:port`` or ``ws://host:port``).
+                  on_state: StateCallback | None = None, ca: str | Path | None = None) -> AsyncIterator[Client]:
+    """Connect to the server at ``url`` (``tcp://host:port`` or ``ws://host:port``; ``tcps://`` and
+    ``wss://`` for TLS, where the server's certificate is verified against the system's CAs, or against
+    the CA file ``ca``).
 
     With ``reconnect=True`` a broken connection is retried with exponential backoff (from
     ``retry_initial`` to ``retry_max`` seconds); then the client logs in again, rejoins its rooms and
@@ -516,7 +522,7 @@ async def connect(url: str = "tcp://127.0.0.1:9090", *, reconnect: bool = False,
     try:
         async with trio.open_nursery() as nursery:
             client = Client(url, reconnect=reconnect, retry_initial=retry_initial, retry_max=retry_max,
-                            connect_timeout=connect_timeout, keepalive=keepalive, on_state=on_state)
+                            connect_timeout=connect_timeout, keepalive=keepalive, on_state=on_state, ca=ca)
             await nursery.start(client.run)
             try:
                 yield client

@@ -182,10 +182,10 @@ class Terminal:
             nursery.cancel_scope.cancel()
 
 
-async def run(url: str, *, downloads: Path = Path("downloads")) -> int:
+async def run(url: str, *, downloads: Path = Path("downloads"), ca: Path | None = None) -> int:
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     try:
-        async with connect(url, reconnect=True) as client:
+        async with connect(url, reconnect=True, ca=ca) as client:
             terminal = Terminal(client, downloads=downloads, interactive=interactive)
             if interactive:
                 with patch_stdout(raw=True):
@@ -198,8 +198,8 @@ async def run(url: str, *, downloads: Path = Path("downloads")) -> int:
     return 0
 
 
-def main(url: str, downloads: Path) -> int:
+def main(url: str, downloads: Path, ca: Path | None = None) -> int:
     try:
-        return trio.run(partial(run, url, downloads=downloads))
+        return trio.run(partial(run, url, downloads=downloads, ca=ca))
     except KeyboardInterrupt:
         return 130

@@ -1,8 +1,10 @@
 """Byte pipes to the server: JSON lines over TCP, one JSON text message per frame over WebSocket.
 
 Both present the same three calls (send a frame, receive a frame, close), so the client above them
-never knows which it has. URLs: ``tcp://host:port`` (the default scheme), ``ws://host:port[/path]`` and
-``wss://...``.
+never knows which it has. URLs: ``tcp://host:port`` (the default scheme), ``tcps://host:port`` (TCP in
+TLS), ``ws://host:port[/path]`` and ``wss://...``. Over TLS the server's certificate is always verified:
+against the system's trusted CAs, or against the one CA file given as ``ca`` (a private CA, a
+self-signed certificate).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -33,26 +36,26 @@ class TransportClosed(Exception):
 
 @dataclass(frozen=True)
 class Address:
-    scheme: str  # "tcp", "ws" or "wss"
+    scheme: str  # "tcp", "tcps", "ws" or "wss"
     host: str
     port: int
     path: str = "/"
 
     def __str__(self) -> str:
-        if self.scheme == "tcp":
-            return f"tcp://{self.host}:{self.port}"
+        if self.scheme in ("tcp", "tcps"):
+            return f"{self.scheme}://{self.host}:{self.port}"
         return f"{self.scheme}://{self.host}:{self.port}{self.path}"
 
 
 def parse_url(url: str) -> Address:
-    """``tcp://127.0.0.1:9090``, ``ws://127.0.0.1:9091``, ``wss://chat.example/ws`` or a bare ``host:port``
-    (TCP). Raises ``ValueError`` for anything else."""
+    """``tcp://127.0.0.1:9090``, ``tcps://chat.example:9090``, ``ws://127.0.0.1:9091``, ``wss://chat.example/ws``
+    or a bare ``host:port`` (TCP). Raises ``ValueError`` for anything else."""
     if "://" not in url:
         url = "tcp://" + url
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in ("tcp", "ws", "wss"):
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use tcp://, ws:// or wss://")
+    if scheme not in ("tcp", "tcps", "ws", "wss"):
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use tcp://, tcps://, ws:// or wss://")
     if not parts.hostname:
         raise ValueError(f"no host in URL {url!r}")
     try:
@@ -60,11 +63,21 @@ def parse_url(url: str) -> Address:
     except ValueError:
         raise ValueError(f"bad port in URL {url!r}") from None
     if port is None:
-        port = {"tcp": DEFAULT_TCP_PORT, "ws": DEFAULT_WS_PORT, "wss": 443}[scheme]
+        port = {"tcp": DEFAULT_TCP_PORT, "tcps": DEFAULT_TCP_PORT, "ws": DEFAULT_WS_PORT, "wss": 443}[scheme]
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     return Address(scheme, parts.hostname, port, path)
+
+
+def tls_context(ca: str | Path | None = None) -> ssl.SSLContext:
+    """Verifies the server's certificate and host name: with ``ca``, against that CA file only."""
+    return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+
+
+def _tls_failure(address: Address, exc: BaseException) -> OSError:
+    cause = exc.__cause__ or exc.__context__ or exc
+    return OSError(f"TLS handshake with {address.host}:{address.port} failed: {cause}")
 
 
 class Transport(Protocol):
@@ -78,7 +91,7 @@ class Transport(Protocol):
 
 
 class TcpTransport:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._buf = bytearray()
         self._scan = 0
@@ -86,11 +99,20 @@ class TcpTransport:
         self._send_lock = trio.Lock()
 
     @classmethod
-    async def open(cls, address: Address) -> TcpTransport:
+    async def open(cls, address: Address, ca: str | Path | None = None) -> TcpTransport:
         stream = await trio.open_tcp_stream(address.host, address.port)
         with contextlib.suppress(OSError):
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        return cls(stream)
+        if address.scheme != "tcps":
+            return cls(stream)
+        tls = trio.SSLStream(stream, tls_context(ca), server_hostname=address.host)
+        try:
+            # Now, not on the first send: a certificate that fails verification fails the connect.
+            await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            raise _tls_failure(address, exc) from None
+        return cls(tls)
 
     async def send(self, frame: bytes) -> None:
         async with self._send_lock:
@@ -135,9 +157,9 @@ class WebSocketTransport:
         self._send_lock = trio.Lock()
 
     @classmethod
-    async def open(cls, address: Address, nursery: trio.Nursery) -> WebSocketTransport:
+    async def open(cls, address: Address, nursery: trio.Nursery, ca: str | Path | None = None) -> WebSocketTransport:
         # The connection's background reader lives in the client's nursery, so it outlives this call.
-        ctx = ssl.create_default_context() if address.scheme == "wss" else None
+        ctx = tls_context(ca) if address.scheme == "wss" else None
         try:
             ws = await trio_websocket.connect_websocket(
                 nursery, address.host, address.port, address.path, use_ssl=ctx or False,
@@ -145,6 +167,8 @@ class WebSocketTransport:
             )
         except trio_websocket.HandshakeError as exc:
             raise OSError(f"WebSocket handshake failed: {exc}") from exc
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise _tls_failure(address, exc) from None
         return cls(ws)
 
     async def send(self, frame: bytes) -> None:
@@ -171,10 +195,12 @@ class WebSocketTransport:
                 await self._ws.aclose()
 
 
-async def open_transport(address: Address, nursery: trio.Nursery, *, timeout: float) -> Transport:
-    """Connect, or raise ``OSError`` (refused, unreachable, timed out, handshake failed)."""
+async def open_transport(address: Address, nursery: trio.Nursery, *, timeout: float,
+                         ca: str | Path | None = None) -> Transport:
+    """Connect, or raise ``OSError`` (refused, unreachable, timed out, handshake failed, a certificate
+    that does not verify). ``ca``: the CA file to verify a TLS server against."""
     with trio.move_on_after(timeout):
-        if address.scheme == "tcp":
-            return await TcpTransport.open(address)
-        return await WebSocketTransport.open(address, nursery)
+        if address.scheme in ("tcp", "tcps"):
+            return await TcpTransport.open(address, ca)
+        return await WebSocketTransport.open(address, nursery, ca)
     raise OSError(f"timed out connecting to {address}")

@@ -4,6 +4,7 @@ close. TCP (and later the admin socket) frame by lines; WebSocket by messages.""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -20,15 +21,15 @@ class Connection(Protocol):
         """The next frame, or ``None`` once the peer has gone. Raises ``ProtocolError`` for a frame over
         the size limit; the connection stays usable."""
 
-    def pack(self, frames: list[bytes]) -> bytes:
-        """Encoded frames (each a complete line) as the bytes to put on the wire, in order."""
+    # How one encoded frame (a complete line) goes on the wire, or None when the line is sent as it is.
+    frame: Callable[[bytes], bytes] | None
 
     def direct_fd(self) -> int | None:
-        """A non-blocking file descriptor that ``pack``'s bytes may be written to right now, or None when
+        """A non-blocking file descriptor that framed bytes may be written to right now, or None when
         the transport must go through :meth:`send_raw` (TLS, or a WebSocket mid-way through a write)."""
 
     async def send_raw(self, data: bytes) -> None:
-        """Send bytes made by ``pack``, waiting for the socket as needed."""
+        """Send framed bytes, waiting for the socket as needed."""
 
     async def aclose(self) -> None: ...
 
@@ -41,6 +42,19 @@ def _socket_fd(stream: object) -> int | None:
     return fd if fd >= 0 else None
 
 
+def websocket_text_frame(line: bytes) -> bytes:
+    """One line as a WebSocket text frame. Server-to-client frames are unmasked, so a frame is a header
+    and the payload: cheap to build here, and built once per event for everybody (see Wire.framed),
+    instead of one library call per message per member."""
+    payload = line[:-1]
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 class LineConnection:
     """Newline-framed JSON or text over a byte stream (TCP, Unix socket).
 
@@ -48,6 +62,8 @@ class LineConnection:
     queue: a pipelining client sends hundreds of frames per read, and per-line buffer surgery would
     cost more than the frames themselves.
     """
+
+    frame = None
 
     def __init__(self, stream: trio.abc.Stream, transport: str, address: str, max_frame: int,
                  initial: bytes = b"") -> None:
@@ -106,9 +122,6 @@ class LineConnection:
         """Bytes of a frame whose newline has not arrived yet (the keepalive watchdog times them)."""
         return len(self._partial)
 
-    def pack(self, frames: list[bytes]) -> bytes:
-        return frames[0] if len(frames) == 1 else b"".join(frames)
-
     def direct_fd(self) -> int | None:
         return _socket_fd(self.stream)
 
@@ -122,8 +135,10 @@ class LineConnection:
 class WebSocketConnection:
     """One JSON frame per WebSocket text message.
 
-    Sending goes around trio-websocket's one-call-per-message path (see :meth:`pack`) but through
-    its stream and its lock, so frames never interleave with the ones it writes itself."""
+    Sending goes around trio-websocket's one-call-per-message path (see websocket_text_frame) but
+    through its stream and its lock, so frames never interleave with the ones it writes itself."""
+
+    frame = staticmethod(websocket_text_frame)
 
     transport = "ws"
 
@@ -140,22 +155,6 @@ class WebSocketConnection:
         if len(message) > self._max:
             raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
         return message
-
-    def pack(self, frames: list[bytes]) -> bytes:
-        # Server-to-client frames are unmasked, so a text frame is a header and the payload: cheap
-        # enough to build here, for a whole batch at once, instead of one library call per message.
-        out = bytearray()
-        for frame in frames:
-            payload = frame[:-1]  # without the newline of the line codecs
-            n = len(payload)
-            if n < 126:
-                out += bytes((0x81, n))
-            elif n < 65536:
-                out += b"\x81\x7e" + n.to_bytes(2, "big")
-            else:
-                out += b"\x81\x7f" + n.to_bytes(8, "big")
-            out += payload
-        return bytes(out)
 
     def direct_fd(self) -> int | None:
         ws = self.ws

@@ -175,13 +175,16 @@ class Outbox:
         """Everything queued, as the bytes to put on the wire."""
         queue, self._queue = self._queue, deque()
         self._queued_bytes = 0
-        if self.codec == "json":
+        frame = self.conn.frame
+        if frame is not None:  # a WebSocket: JSON only, each event framed once for everybody
+            frames = [frame(item) if item.__class__ is bytes else item.framed(frame) for item in queue]  # type: ignore
+        elif self.codec == "json":
             frames = [item if item.__class__ is bytes else item.json for item in queue]  # type: ignore[union-attr]
         else:
             room = self._current_room()
             frames = [item if item.__class__ is bytes else item.text(room) for item in queue]  # type: ignore[union-attr]
         self._space.unpark_all()
-        return self.conn.pack(frames)
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     # --- writing --------------------------------------------------------------------------------
 
