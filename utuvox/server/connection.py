@@ -72,7 +72,10 @@ class LineConnection:
         self.address = address
         self._max = max_frame
         self._lines: deque[bytes] = deque()
-        self._partial = b""  # the start of a line whose newline has not arrived yet
+        # The start of a line whose newline has not arrived yet, in the pieces it came in: a large frame
+        # (an upload chunk) spans several reads, and joining once at its newline copies it once.
+        self._pieces: list[bytes] = []
+        self._partial_len = 0
         self._discarding = False  # skipping the rest of an oversize line
         self._eof = False
         if initial:
@@ -82,9 +85,18 @@ class LineConnection:
         return ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
 
     def _feed(self, data: bytes) -> None:
-        parts = (self._partial + data).split(b"\n") if self._partial else data.split(b"\n")
-        self._partial = parts.pop()
-        if self._discarding and parts:
+        if b"\n" not in data:
+            self._pieces.append(data)
+            self._partial_len += len(data)
+            return
+        parts = data.split(b"\n")
+        if self._pieces:
+            parts[0] = b"".join([*self._pieces, parts[0]])
+            self._pieces.clear()
+        last = parts.pop()
+        self._pieces = [last] if last else []
+        self._partial_len = len(last)
+        if self._discarding:
             parts[0] = b""  # the tail of the oversize line: dropped, marked by an empty entry
         self._lines.extend(parts)
 
@@ -98,8 +110,9 @@ class LineConnection:
                 if len(line) > self._max:
                     raise self._too_large()
                 return line
-            if len(self._partial) > self._max:
-                self._partial = b""
+            if self._partial_len > self._max:
+                self._pieces.clear()
+                self._partial_len = 0
                 if not self._discarding:
                     self._discarding = True
                     raise self._too_large()
@@ -111,16 +124,17 @@ class LineConnection:
                 data = b""
             if not data:
                 self._eof = True
-                if self._partial and not self._discarding:
-                    line, self._partial = self._partial, b""  # a last line without its newline still counts
-                    self._lines.append(line)
+                if self._pieces and not self._discarding:
+                    self._lines.append(b"".join(self._pieces))  # a last line without its newline still counts
+                    self._pieces.clear()
+                    self._partial_len = 0
                 continue
             self._feed(data)
 
     @property
     def partial_bytes(self) -> int:
         """Bytes of a frame whose newline has not arrived yet (the keepalive watchdog times them)."""
-        return len(self._partial)
+        return self._partial_len
 
     def direct_fd(self) -> int | None:
         return _socket_fd(self.stream)
