@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .clients import BenchError
 from .harness import Report, cores, machine_summary, raise_file_limit
-from .scenarios import Options, connections, fanout, history, latency, login
+from .scenarios import Options, connections, fanout, flood, history, latency, login
 
 SCENARIOS: dict[str, Callable[[Options, Report], None]] = {
     "fanout": fanout.run,
@@ -19,8 +19,9 @@ SCENARIOS: dict[str, Callable[[Options, Report], None]] = {
     "connections": connections.run,
     "history": history.run,
     "login": login.run,
+    "flood": flood.run,
 }
-ALL = ["fanout", "acked", "latency", "connections", "history", "login"]
+ALL = ["fanout", "acked", "latency", "connections", "history", "login", "flood"]
 TRANSPORTS = ("json", "text", "ws")
 
 

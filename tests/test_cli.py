@@ -147,5 +147,11 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
         for seq, text in acked:
             assert stored.get(seq) == text, f"acknowledged message {seq} lost"
         assert len(set(stored.values())) == len(stored)  # each message once
+        # In order: what each sender sent later got a later seq, both as acknowledged and as stored.
+        for who in range(4):
+            mine = sorted((int(text.split("-")[1]), seq) for seq, text in acked if text.startswith(f"{who}-"))
+            assert [seq for _, seq in mine] == sorted(seq for _, seq in mine), f"sender {who} acknowledged out of order"
+            kept = [int(text.split("-")[1]) for _, text in sorted(stored.items()) if text.startswith(f"{who}-")]
+            assert kept == sorted(kept), f"sender {who}'s messages stored out of order"
     finally:
         await stop(proc)

@@ -8,8 +8,11 @@ means the client is told ``rate_limited`` with the seconds after which a retry w
 before the end of a wait it was told of, tolerated up to a number that grows back by one per second) and
 is disconnected. A client that waits as told is never disconnected, however often it is refused.
 
-The checks sit on the hot path of every request, so a bucket is a slotted object whose check is a few
-float operations, with no allocation, and the clock is read once per frame by the caller.
+Requests and messages sit on the hot path (~10^5 a second through one connection), so they are not taken
+from the buckets one by one: a :class:`Meter` takes a few tokens at once (an eighth of the burst, at most
+64) and then lets that many frames through with one integer decrement each; the clock is read and floats
+computed only when that credit runs out. The rates hold exactly over time; a burst may overshoot by one
+chunk.
 
 Failed logins are throttled per account and per address with a delay that doubles after each failure
 beyond a few free ones, up to a cap, so that guessing is slow but a real user is never locked out for
@@ -20,6 +23,7 @@ delay: someone hammering an account from elsewhere cannot lock its owner out.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +38,7 @@ from .session import Identity, Session
 if TYPE_CHECKING:
     from .service import Chat
 
+log = logging.getLogger("utuvox.limits")
 monotonic = time.monotonic
 
 
@@ -63,6 +68,21 @@ class TokenBucket:
         self.tokens = tokens
         return (1.0 - tokens) / self.rate
 
+    def take_up_to(self, now: float, n: int) -> int:
+        """Take as many whole tokens as there are, up to ``n``; returns how many were taken."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        got = min(n, int(tokens))
+        self.tokens = tokens - got
+        return got
+
+    def wait(self, now: float) -> float:
+        """Seconds until one token is there (0.0: now)."""
+        missing = 1.0 - (self.tokens + (now - self.stamp) * self.rate)
+        return missing / self.rate if missing > 0 else 0.0
+
     def full(self, now: float) -> bool:
         """Whether the bucket would be full by ``now`` (its owner has been quiet long enough to forget)."""
         return self.tokens + (now - self.stamp) * self.rate >= self.burst
@@ -70,6 +90,8 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class Rate:
+    """A steady rate per second and the burst allowed above it; a setting, not a bucket."""
+
     per_second: float
     burst: float
 
@@ -79,6 +101,58 @@ class Rate:
 
     def bucket(self, now: float) -> TokenBucket:
         return TokenBucket(self.per_second, self.burst, now)
+
+    @property
+    def chunk(self) -> int:
+        return chunk_of(self.burst)
+
+
+def chunk_of(burst: float) -> int:
+    """Tokens a :class:`Meter` takes at once: small against the burst, so the burst barely moves."""
+    return max(1, min(64, int(burst // 8)))
+
+
+class Meter:
+    """The hot-path check of one kind (requests, messages) for one session: its own bucket, and its
+    user's once logged in, read in chunks of credit."""
+
+    __slots__ = ("chunk", "left", "refills", "session", "user")
+
+    def __init__(self, session: TokenBucket, chunk: int) -> None:
+        self.session = session
+        self.user: TokenBucket | None = None
+        self.chunk = chunk
+        self.left = 0  # frames still allowed from the last chunk
+        self.refills = 0  # how often the credit ran out: with ``left``, shows that frames went through
+
+    def attach(self, user: TokenBucket) -> None:
+        """Count against ``user``'s bucket too, in chunks no larger than it allows: one session must not
+        hold the credit its user's other sessions need."""
+        self.user = user
+        self.chunk = min(self.chunk, chunk_of(user.burst))
+
+    def take(self) -> float:
+        """0.0 if one more is allowed, else the seconds until it will be."""
+        left = self.left - 1
+        if left >= 0:
+            self.left = left
+            return 0.0
+        return self._refill()
+
+    def _refill(self) -> float:
+        self.refills += 1
+        now = monotonic()
+        got = self.session.take_up_to(now, self.chunk)
+        user = self.user
+        if got and user is not None:
+            granted = user.take_up_to(now, got)
+            self.session.tokens += got - granted  # what the user's bucket could not match goes back
+            got = granted
+        if got:
+            self.left = got - 1
+            return 0.0
+        self.left = 0
+        return max(self.session.wait(now), user.wait(now) if user is not None else 0.0)
 
 
 # The defaults are far above what a person or a well-behaved bot does, and above what the benchmarks
@@ -153,20 +227,18 @@ class SessionLimiter:
     __slots__ = ("hold_until", "joins", "logins", "messages", "requests", "strikes", "user")
 
     def __init__(self, cfg: LimitsConfig, now: float) -> None:
-        self.requests = cfg.session_requests.bucket(now)
-        self.messages = cfg.session_messages.bucket(now)
+        self.requests = Meter(cfg.session_requests.bucket(now), cfg.session_requests.chunk)
+        self.messages = Meter(cfg.session_messages.bucket(now), cfg.session_messages.chunk)
         self.joins = cfg.session_joins.bucket(now)
         self.logins = cfg.session_logins.bucket(now)
         self.strikes = TokenBucket(1.0, max(1, cfg.strikes), now)
         self.hold_until = 0.0  # the end of the last wait the client was told to make
         self.user: UserLimiter | None = None
 
-    def request(self, now: float) -> float:
-        """The hot-path check of every frame: 0.0, or the seconds to wait."""
-        wait = self.requests.take(now)
-        if wait or self.user is None:
-            return wait
-        return self.user.requests.take(now)
+    def sign_in(self, user: UserLimiter) -> None:
+        self.user = user
+        self.requests.attach(user.requests)
+        self.messages.attach(user.messages)
 
     def strike(self, now: float, wait: float) -> bool:
         """A request was refused, the client told to wait ``wait`` seconds. True once it has too often
@@ -254,7 +326,8 @@ class LoginThrottle:
         window = self.cfg.login_failure_window
         for key in [k for k, r in table.items() if now - r.last > window and r.until <= now]:
             del table[key]
-        while len(table) > self.cfg.max_tracked:  # still too many: forget the oldest
+        # Still too many: forget the oldest, down to nine tenths, so that the scan above stays rare.
+        while len(table) > self.cfg.max_tracked * 9 // 10:
             del table[next(iter(table))]
 
 
@@ -319,13 +392,17 @@ class Limits:
         limiter = self.sessions.get(session)
         if limiter is None:
             return
-        user = self.users.get(identity.key)
+        limiter.sign_in(self._user(identity.key, monotonic()))
+
+    def _user(self, key: str, now: float) -> UserLimiter:
+        """The buckets of the account ``key``, made on first use (a login attempt counts too, even for a
+        name that does not exist: attempts are limited the same whether it does or not)."""
+        user = self.users.get(key)
         if user is None:
-            now = monotonic()
             if len(self.users) >= self.cfg.max_tracked:
                 self._forget_idle_users(now)
-            user = self.users[identity.key] = UserLimiter(self.cfg, now)
-        limiter.user = user
+            user = self.users[key] = UserLimiter(self.cfg, now)
+        return user
 
     def _forget_idle_users(self, now: float) -> None:
         # A user whose buckets are full again has nothing to remember; one still draining is kept, so
@@ -333,6 +410,12 @@ class Limits:
         active = {lim.user for lim in self.sessions.values()}
         for key in [k for k, u in self.users.items() if u not in active and u.idle(now)]:
             del self.users[key]
+        # Still nearly full (a spray of made-up names): forget the oldest of the rest, a tenth at once, so
+        # that this scan stays rare.
+        excess = len(self.users) - self.cfg.max_tracked * 9 // 10
+        if excess > 0:
+            for key in [k for k, u in self.users.items() if u not in active][:excess]:
+                del self.users[key]
 
     # --- refusing -------------------------------------------------------------------------------
 
@@ -341,7 +424,9 @@ class Limits:
         self.rejected += 1
         if limiter.strike(now, wait):
             self.flooders += 1
-            session.peer.close(f"Disconnected: too many {what}, despite rate_limited errors.", Code.RATE_LIMITED)
+            who = session.user.name if session.user is not None else "anonymous"
+            log.warning("disconnecting %s at %s: too many %s despite rate_limited", who, session.address, what)
+            session.peer.close(f"Too many {what}, despite rate_limited errors.", Code.RATE_LIMITED)
         return ProtocolError(Code.RATE_LIMITED, f"Too many {what}; retry in {wait:.2f} s.",
                              retry_after=_seconds(wait))
 
@@ -349,12 +434,9 @@ class Limits:
         limiter = self.sessions.get(session)
         if limiter is None:
             return
-        now = monotonic()
-        wait = limiter.messages.take(now)
-        if not wait and limiter.user is not None:
-            wait = limiter.user.messages.take(now)
+        wait = limiter.messages.take()
         if wait:
-            raise self.refuse(session, limiter, now, wait, "messages")
+            raise self.refuse(session, limiter, monotonic(), wait, "messages")
 
     def check_join(self, session: Session, joined_by_user: set[str], members: int) -> None:
         """Before ``session`` enters a room it is not in: the rate of joins, the rooms its user is in
@@ -385,9 +467,7 @@ class Limits:
         key = account.lower() if account is not None else None
         wait = limiter.logins.take(now)
         if not wait and key is not None:
-            user = self.users.get(key)
-            if user is not None:
-                wait = user.logins.take(now)
+            wait = self._user(key, now).logins.take(now)
         if wait:
             raise self.refuse(session, limiter, now, wait, "login attempts")
         wait = self.throttle.wait(key, address_key(session.address), now)
@@ -449,5 +529,5 @@ def _in_progress(chat: Chat, user_key: str) -> int:
     return sum(up.size for s in chat.sessions_of(user_key) for up in uploads.get(s.id, {}).values())
 
 
-__all__ = ["Limits", "LimitsConfig", "LoginThrottle", "Rate", "SessionLimiter", "TokenBucket", "UploadQuota",
+__all__ = ["Limits", "LimitsConfig", "LoginThrottle", "Meter", "Rate", "SessionLimiter", "TokenBucket", "UploadQuota",
            "UserLimiter", "address_key", "install_upload_quota"]

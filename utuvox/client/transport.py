@@ -159,16 +159,27 @@ class WebSocketTransport:
     @classmethod
     async def open(cls, address: Address, nursery: trio.Nursery, ca: str | Path | None = None) -> WebSocketTransport:
         # The connection's background reader lives in the client's nursery, so it outlives this call.
-        ctx = tls_context(ca) if address.scheme == "wss" else None
         try:
-            ws = await trio_websocket.connect_websocket(
-                nursery, address.host, address.port, address.path, use_ssl=ctx or False,
-                max_message_size=MAX_FRAME, message_queue_size=64,
-            )
+            if address.scheme == "wss":
+                # The TLS handshake is done here first: inside trio-websocket a certificate that fails
+                # verification would leave the WebSocket handshake waiting until the connect timeout.
+                stream = await trio.open_ssl_over_tcp_stream(address.host, address.port, ssl_context=tls_context(ca),
+                                                             https_compatible=True)
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    await trio.aclose_forcefully(stream)
+                    raise _tls_failure(address, exc) from None
+                host = address.host if address.port == 443 else f"{address.host}:{address.port}"
+                ws = await trio_websocket.wrap_client_stream(nursery, stream, host, address.path,
+                                                             max_message_size=MAX_FRAME, message_queue_size=64)
+            else:
+                ws = await trio_websocket.connect_websocket(
+                    nursery, address.host, address.port, address.path, use_ssl=False,
+                    max_message_size=MAX_FRAME, message_queue_size=64,
+                )
         except trio_websocket.HandshakeError as exc:
             raise OSError(f"WebSocket handshake failed: {exc}") from exc
-        except (trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise _tls_failure(address, exc) from None
         return cls(ws)
 
     async def send(self, frame: bytes) -> None:

@@ -25,7 +25,14 @@ def _request_id(data: bytes | str) -> int | str | None:
     rid = obj.get("id") if isinstance(obj, dict) else None
     if isinstance(rid, bool) or not isinstance(rid, int | str):
         return None
-    return rid if not isinstance(rid, str) or len(rid) <= 64 else None
+    if isinstance(rid, str):
+        if len(rid) > 64:
+            return None
+        try:
+            rid.encode()  # a lone surrogate ("\\ud800") parses here but could never be sent back
+        except UnicodeEncodeError:
+            return None
+    return rid
 
 
 def _explain(exc: ValidationError) -> tuple[Code, str]:

@@ -15,8 +15,8 @@ nothing arrives and, as long as the server sends nothing either, nothing fails. 
 
 One task sweeps every connection once a second rather than one timer per connection, which would cost
 memory on a server holding tens of thousands of idle connections. Nothing here touches the path of a
-frame: the time of the last frame is the stamp of the session's request bucket, and a frame in progress
-is seen in the line buffer of the connection.
+frame: the sweep sees that frames arrived from the session's request meter having moved (so it knows when,
+to within a sweep), and a frame in progress from the line buffer of the connection.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def tune_socket(stream: trio.SocketStream, interval: float, timeout: float) -> N
                 stream.setsockopt(level, option, value)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Watch:
     """What the watchdog knows of one connection."""
 
@@ -69,6 +69,8 @@ class Watch:
     codec: str
     conn: Connection
     started: float
+    last_in: float = 0.0  # when a sweep last saw that frames had arrived
+    meter_seen: tuple[int, int] = (0, 0)  # the request meter's (left, refills) at that sweep
     sent_seen: int = -1  # outbox.bytes_sent at the last sweep
     quiet_since: float = 0.0  # when the server last sent anything
     partial_since: float | None = None  # when a sweep first saw the frame now in progress
@@ -77,11 +79,6 @@ class Watch:
     @property
     def ws(self) -> trio_websocket.WebSocketConnection | None:
         return getattr(self.conn, "ws", None)
-
-    @property
-    def last_in(self) -> float:
-        """When the last frame arrived: the request bucket is stamped with every frame read."""
-        return self.limiter.requests.stamp
 
     def close(self, reason: str) -> None:
         """Say goodbye and close (for a client that is alive but breaks a rule)."""
@@ -119,7 +116,7 @@ class Watchdog:
         if limiter is None:  # the admin socket: local and privileged, nothing to watch
             return None
         now = monotonic()
-        watch = Watch(session, outbox, limiter, codec, conn, started=now, quiet_since=now)
+        watch = Watch(session, outbox, limiter, codec, conn, started=now, last_in=now, quiet_since=now)
         self.watches[watch] = None
         return watch
 
@@ -144,18 +141,23 @@ class Watchdog:
             outbox = watch.outbox
             if outbox.closing:
                 continue
+            meter = watch.limiter.requests
+            mark = (meter.left, meter.refills)
+            if mark != watch.meter_seen:
+                watch.meter_seen = mark
+                watch.last_in = now
             last_in = watch.last_in
             if c.login_timeout and watch.session.user is None and now - watch.started > c.login_timeout:
                 self.closed += 1
-                watch.close(f"Not logged in within {c.login_timeout:g} seconds.")
+                watch.close(f"Not logged in within {c.login_timeout:g} s.")
                 continue
-            if c.idle_timeout and now - max(last_in, watch.started) > c.idle_timeout:
+            if c.idle_timeout and now - last_in > c.idle_timeout:
                 self.closed += 1
-                watch.close(f"Nothing received for {c.idle_timeout:g} seconds.")
+                watch.close(f"Nothing received for {c.idle_timeout:g} s.")
                 continue
             if c.frame_timeout and self._frame_too_slow(watch, last_in, now):
                 self.closed += 1
-                watch.close(f"A frame took longer than {c.frame_timeout:g} seconds to arrive.")
+                watch.close(f"A frame took longer than {c.frame_timeout:g} s to arrive.")
                 continue
             if outbox.bytes_sent != watch.sent_seen:
                 watch.sent_seen = outbox.bytes_sent
@@ -192,6 +194,6 @@ class Watchdog:
                     return
             if scope.cancelled_caught and watch in self.watches:
                 self.closed += 1
-                watch.kill(f"no answer to a WebSocket ping within {self.config.keepalive_timeout:g} seconds")
+                watch.kill(f"no answer to a WebSocket ping within {self.config.keepalive_timeout:g} s")
         finally:
             watch.pinging = False

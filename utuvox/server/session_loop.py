@@ -52,6 +52,11 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
             with trio.move_on_after(2):
                 await trio.sleep_forever()
             nursery.cancel_scope.cancel()
+    except Exception:
+        # Sessions run in the listeners' handler nursery: a bug met while serving one connection must
+        # end that connection, not every other one with it.
+        log.exception("connection %d failed", session.id)
+        outbox.cut_off = outbox.cut_off or "internal error"
     finally:
         if watchdog is not None:
             watchdog.forget(watch)
@@ -68,6 +73,7 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
 
 async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Codec, outbox: Outbox,
                      limiter: SessionLimiter | None) -> None:
+    requests = limiter.requests if limiter is not None else None
     while not outbox.closing:
         try:
             frame = await conn.receive()
@@ -76,9 +82,8 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
             continue
         if frame is None:
             return
-        # Every frame costs a token, garbage included; the check is a few float operations.
-        now = monotonic()
-        wait = limiter.request(now) if limiter is not None else 0.0
+        # Every frame costs a token, garbage included; while credit lasts this is one decrement.
+        wait = requests.take() if requests is not None else 0.0
         try:
             if codec == "json":
                 request = json_codec.decode_request(frame)
@@ -89,11 +94,11 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
                 request = text_codec.parse_line(line)
         except ProtocolError as exc:
             if wait:
-                exc = _refused(chat, session, limiter, now, wait, exc.re)
+                exc = _refused(chat, session, limiter, wait, exc.re)
             outbox.send(Error(re=exc.re, code=exc.code, message=exc.message, retry_after=exc.retry_after))
             continue
         if wait:
-            exc = _refused(chat, session, limiter, now, wait, request.id)
+            exc = _refused(chat, session, limiter, wait, request.id)
             outbox.send(Error(re=exc.re, code=exc.code, message=exc.message, retry_after=exc.retry_after), request)
             continue
         try:
@@ -107,10 +112,10 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
             outbox.send(reply, request)
 
 
-def _refused(chat: Chat, session: Session, limiter: SessionLimiter | None, now: float, wait: float,
+def _refused(chat: Chat, session: Session, limiter: SessionLimiter | None, wait: float,
              re: int | str | None) -> ProtocolError:
     """The ``rate_limited`` answer to a frame over the request rate (it may close the session)."""
     assert limiter is not None
-    exc = chat.limits.refuse(session, limiter, now, wait, "requests")
+    exc = chat.limits.refuse(session, limiter, monotonic(), wait, "requests")
     exc.re = re
     return exc
