@@ -3,6 +3,7 @@ close. TCP (and later the admin socket) frame by lines; WebSocket by messages.""
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -32,6 +33,9 @@ class Connection(Protocol):
         """Send framed bytes, waiting for the socket as needed."""
 
     async def aclose(self) -> None: ...
+
+
+LINGER_SECONDS = 0.5  # how long a closing connection waits for its peer to close too
 
 
 def _socket_fd(stream: object) -> int | None:
@@ -143,6 +147,17 @@ class LineConnection:
         await self.stream.send_all(data)
 
     async def aclose(self) -> None:
+        """Close gracefully: after our last bytes (a ``bye``), say we are done writing and read whatever
+        the peer still sends until it closes too, briefly. Closing a socket that has unread input makes
+        the kernel reset the connection, and a reset can destroy the ``bye`` before the client reads it."""
+        if not self._eof:
+            with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, OSError
+            ):
+                if isinstance(self.stream, trio.SocketStream):
+                    await self.stream.send_eof()
+                while await self.stream.receive_some(65536):
+                    pass
         await self.stream.aclose()
 
 
