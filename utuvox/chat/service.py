@@ -355,6 +355,8 @@ class Chat:
             await session.ack_wait.park()
         if self.store.backlogged:
             await self.store.wait_for_room()
+        if room.deleted:  # while this session waited above
+            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
         seq = room.take_seq()
         event = p.MessageEvent(ts=utc_now(), room=room.name, seq=seq, user=me.name, text=req.text)
         peer = session.peer

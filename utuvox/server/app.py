@@ -155,6 +155,9 @@ class Server:
             trio_websocket.serve_websocket, partial(self._on_websocket, chat), s.host, s.ws_port, self.tls,
             handler_nursery=sessions, max_message_size=s.max_frame_bytes * 4, connect_timeout=s.handshake_timeout,
             receive_buffer_size=64 * 1024,  # trio-websocket's 4 KiB default makes uploads crawl
+            # With a queue of one, the library's reader task hands over each message and waits for the
+            # session to take it: two task switches per frame for a pipelining client.
+            message_queue_size=64,
         ))
         self.ws_port = ws_server.port
         await listeners.start(partial(serve_admin_socket, partial(self._on_admin, chat), s.admin_socket_path,

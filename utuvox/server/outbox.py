@@ -53,7 +53,14 @@ class Flusher:
                 await self._wake.park()
             dirty, self._dirty = self._dirty, []
             for outbox in dirty:
-                outbox.flush()
+                try:
+                    outbox.flush()
+                except Exception:
+                    # One connection's bug must not stop the writes of every other one.
+                    log.exception("flushing connection %s failed", outbox.conn.address)
+                    outbox.cut_off = "internal error"
+                    if outbox.scope is not None:
+                        outbox.scope.cancel()
             # Let the tasks that were woken meanwhile run before the next pass, so it gathers more.
             await trio.lowlevel.checkpoint()
 
