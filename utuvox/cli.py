@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         try:
-            trio.run(Server(settings, announce=announce).run)
+            trio.run(Server(settings, announce=announce, tune_gc=True).run)
         except BaseExceptionGroup as group:
             # A failure while starting (a port in use) comes out of the nurseries wrapped in a group.
             raise _only_error(group) from None

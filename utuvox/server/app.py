@@ -49,9 +49,12 @@ class Server:
     """``await nursery.start(server.run)`` returns once every listener is up; ``ports`` then holds the
     real port numbers (useful with port 0)."""
 
-    def __init__(self, settings: Settings, *, announce: Callable[[str], None] = print) -> None:
+    def __init__(self, settings: Settings, *, announce: Callable[[str], None] = print, tune_gc: bool = False) -> None:
         self.settings = settings
         self.announce = announce
+        # The garbage collector's settings belong to the whole process: only a process that is the
+        # server (``utuvox serve``) changes them.
+        self.tune_gc = tune_gc
         self.tcp_port = 0
         self.ws_port = 0
         self.chat: Chat | None = None
@@ -125,12 +128,13 @@ class Server:
                     self.announce(f"WebSocket server started on {'wss' if tls else 'ws'}://{s.host}:{self.ws_port}")
                     self.announce(f"Admin key: {key}")
                     log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
-                    # Everything made so far lives as long as the server: keep the garbage collector from
-                    # walking it again and again, and let it run less often. A busy server allocates
-                    # hundreds of thousands of short-lived objects per second; collecting young ones
-                    # every 700 allocations showed up as a fifth of its time.
-                    gc.freeze()
-                    gc.set_threshold(50_000, 20, 100)
+                    if self.tune_gc:
+                        # Everything made so far lives as long as the server: keep the garbage collector
+                        # from walking it again and again, and let it run less often. A busy server
+                        # allocates hundreds of thousands of short-lived objects per second; collecting
+                        # young ones every 700 allocations showed up as a fifth of its time.
+                        gc.freeze()
+                        gc.set_threshold(50_000, 20, 100)
                     task_status.started(self)
                     await self._stop.wait()
                     listeners.cancel_scope.cancel()
