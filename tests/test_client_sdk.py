@@ -335,6 +335,9 @@ async def test_reconnect_after_a_restart_loses_no_message(tmp_path: Path) -> Non
                             received.append(event)
                     if set(acked) <= {m.text for m in received}:
                         break
+                # The missed events may all be in before the client reports itself reconnected.
+                while "reconnected" not in states:
+                    await trio.sleep(0.01)
             assert states[:2] == ["disconnected", "reconnected"]
             # Every acknowledged message arrived, none twice, in order; and nothing stored is missing.
             assert seqs == sorted(set(seqs))
