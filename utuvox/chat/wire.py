@@ -9,23 +9,15 @@ from utuvox.protocol.core import MessageEvent
 
 
 class Wire:
-    __slots__ = ("_framed", "_json_text", "_text_here", "_text_there", "event", "json", "room")
+    __slots__ = ("_framed", "_text_here", "_text_there", "event", "json", "room")
 
     def __init__(self, event: Event) -> None:
         self.event = event
         self.room: str | None = getattr(event, "room", None)
         self.json: bytes = json_codec.encode(event)  # one line, newline included
-        self._json_text: str | None = None
         self._text_here: bytes | None = None
         self._text_there: bytes | None = None
         self._framed: tuple[Callable[[bytes], bytes], bytes] | None = None
-
-    @property
-    def json_text(self) -> str:
-        """The JSON as ``str`` without the newline, for WebSocket text frames."""
-        if self._json_text is None:
-            self._json_text = self.json[:-1].decode()
-        return self._json_text
 
     def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
         """The JSON line as a transport frames it (a WebSocket text frame), made once per event."""

@@ -100,9 +100,6 @@ class Store(Protocol):
     async def last_seq(self, room_id: int) -> int: ...
 
     # room history
-    async def append_event(self, event: StoredEvent) -> None:
-        """Commit one event; returns once it is durable (group commit batches concurrent callers)."""
-
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
         """Queue one event for the next group commit and return at once; ``on_commit`` runs (in the
         event loop, in commit order) with ``None`` once it is durable, or with the error."""

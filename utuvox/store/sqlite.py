@@ -414,18 +414,8 @@ class SqliteStore:
 
     # --- room history ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _insert_event(event: StoredEvent) -> Op:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(INSERT_EVENT, _event_row(event))
-
-        return op
-
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
         self.submit(None, lambda _result, error: on_commit(error), _event_row(event))
-
-    async def append_event(self, event: StoredEvent) -> None:
-        await self.write(self._insert_event(event))
 
     async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
         def op(conn: sqlite3.Connection) -> list[StoredEvent]:
