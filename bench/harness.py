@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .clients import BenchError
 
@@ -78,25 +78,74 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ServerProcess:
-    """The UtuVox server as a subprocess: ``with ServerProcess(...) as srv: srv.tcp_port ...``."""
+class ManagedProcess:
+    """A server under test, run as a subprocess that logs to ``log_path`` and stops on SIGTERM:
+    ``with SomeProcess(...) as srv: srv.tcp_port ...``."""
 
-    def __init__(self, data_dir: Path, *, fast_hash: bool = True, log_level: str = "WARNING",
-                 env: dict[str, str] | None = None, startup_timeout: float = 30.0) -> None:
-        self.data_dir = data_dir
-        self.fast_hash = fast_hash
-        self.log_level = log_level
-        self.extra_env = env or {}
-        self.startup_timeout = startup_timeout
+    slow_cutoff_mark = ""  # the log line that says a client was cut off as too slow
+    stop_timeout = 15.0
+
+    def __init__(self, log_path: Path) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_path
         self.tcp_port = 0
         self.ws_port = 0
-        self.log_path = data_dir / "server.log"
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def slow_cutoffs(self) -> int:
+        """How many clients the server cut off as too slow, as its log tells."""
+        try:
+            return self.log_path.read_text(errors="replace").count(self.slow_cutoff_mark)
+        except OSError:
+            return 0
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerProcess(ManagedProcess):
+    """The UtuVox server as a subprocess."""
+
+    slow_cutoff_mark = "cutting off slow client"  # logged at WARNING
+
+    def __init__(self, data_dir: Path, *, fast_hash: bool = True, log_level: str = "WARNING",
+                 env: dict[str, str] | None = None, startup_timeout: float = 30.0) -> None:
+        super().__init__(data_dir / "server.log")
+        self.data_dir = data_dir
+        self.fast_hash = fast_hash
+        self.log_level = log_level
+        self.extra_env = env or {}
+        self.startup_timeout = startup_timeout
 
     def start(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -127,39 +176,6 @@ class ServerProcess:
             if m := re.search(rb"WebSocket server started on ws://[\d.]+:(\d+)", pending):
                 self.ws_port = int(m.group(1))
         return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def slow_cutoffs(self) -> int:
-        """How many clients the server cut off as too slow (its log says so at WARNING)."""
-        try:
-            return self.log_path.read_text(errors="replace").count("cutting off slow client")
-        except OSError:
-            return 0
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from .clients import HOST, BenchError, IrcDialect
-from .harness import SERVER_CPU, cores
+from .harness import SERVER_CPU, ManagedProcess, cores
 
 INSTALL_HINT = ("ngircd is not installed. On Debian or Ubuntu: sudo apt-get update && sudo apt-get install -y ngircd "
                 "(the bench only needs the binary; it writes its own configuration).")
@@ -69,21 +68,15 @@ def _pin() -> None:
         os.sched_setaffinity(0, {SERVER_CPU})
 
 
-class NgircdProcess:
+class NgircdProcess(ManagedProcess):
     """ngircd in the foreground (``-n``) with a configuration written into ``work_dir``."""
 
-    ws_port = 0
+    slow_cutoff_mark = "SendQ exceeded"
+    stop_timeout = 10.0
 
     def __init__(self, work_dir: Path) -> None:
+        super().__init__(work_dir / "ngircd.log")
         self.work_dir = work_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.tcp_port = 0
-        self.log_path = work_dir / "ngircd.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def start(self) -> NgircdProcess:
         binary = find_ngircd()
@@ -110,34 +103,3 @@ class NgircdProcess:
                 return self
             except OSError:
                 time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def slow_cutoffs(self) -> int:
-        """Clients ngircd dropped for a full send queue."""
-        try:
-            return self.log_path.read_text(errors="replace").count("SendQ exceeded")
-        except OSError:
-            return 0
-
-    def __enter__(self) -> NgircdProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
