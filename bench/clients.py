@@ -310,6 +310,27 @@ def flush(conn: Conn) -> bool:
     return not conn.out
 
 
+def service(sel: selectors.BaseSelector, conn: Conn, mask: int, rbuf: bytearray) -> int | None:
+    """Serve one ready connection: push its pending output if writable, then read into ``rbuf`` if
+    readable. Returns the bytes read, ``0`` when the peer closed (the connection is then unregistered and
+    marked closed), or ``None`` when there is nothing to read."""
+    assert conn.sock is not None
+    if mask & selectors.EVENT_WRITE and flush(conn):
+        sel.modify(conn.sock, selectors.EVENT_READ, conn)
+    if not mask & selectors.EVENT_READ:
+        return None
+    try:
+        n = conn.sock.recv_into(rbuf)
+    except BlockingIOError:
+        return None
+    except ConnectionError:
+        n = 0
+    if not n:
+        sel.unregister(conn.sock)
+        conn.closed = True
+    return n
+
+
 class Loop:
     """One selector loop for many connections, with the setup walk shared by every scenario."""
 

@@ -25,9 +25,9 @@ from ..clients import (
     Loop,
     count_mark,
     count_pattern,
-    flush,
     make_dialect,
     send_now,
+    service,
     setup_steps,
 )
 from ..harness import Figure, Report, Worker, temp_dir, wait_for
@@ -117,20 +117,11 @@ def _run(loop: Loop, senders: list[Conn], receivers: list[Conn], cfg: dict[str, 
             c: Conn = key.data
             if c is None:
                 continue
-            if mask & selectors.EVENT_WRITE and flush(c):
-                sel.modify(c.sock, selectors.EVENT_READ, c)  # type: ignore[arg-type]
-            if not mask & selectors.EVENT_READ:
+            n = service(sel, c, mask, rbuf)
+            if n is None:
                 continue
             if c.role == RECEIVER:
-                try:
-                    n = c.sock.recv_into(rbuf)  # type: ignore[union-attr]
-                except BlockingIOError:
-                    continue
-                except ConnectionError:
-                    n = 0
                 if n == 0:
-                    sel.unregister(c.sock)  # type: ignore[arg-type]
-                    c.closed = True
                     closed.append(c.name)
                     if c.count < total_expected:
                         receivers_left -= 1
@@ -143,15 +134,7 @@ def _run(loop: Loop, senders: list[Conn], receivers: list[Conn], cfg: dict[str, 
                     if before < total_expected <= c.count:
                         receivers_left -= 1
                 continue
-            try:
-                n = c.sock.recv_into(rbuf)  # type: ignore[union-attr]
-            except BlockingIOError:
-                continue
-            except ConnectionError:
-                n = 0
             if not n:
-                sel.unregister(c.sock)  # type: ignore[arg-type]
-                c.closed = True
                 closed.append(c.name)
                 senders_left -= 1
                 continue

@@ -29,9 +29,9 @@ from ..clients import (
     BlockingClient,
     Conn,
     Loop,
-    flush,
     make_dialect,
     send_now,
+    service,
     setup_steps,
 )
 from ..harness import Figure, Report, ServerProcess, Worker, cpu_seconds, percentile, temp_dir, wait_for
@@ -123,20 +123,11 @@ def _measure(loop: Loop, clients: list[Conn], t0: float, cfg: dict[str, Any]) ->
             c: Conn = key.data
             if c is None:
                 continue
-            if mask & selectors.EVENT_WRITE and flush(c):
-                sel.modify(c.sock, selectors.EVENT_READ, c)  # type: ignore[arg-type]
-            if not mask & selectors.EVENT_READ:
+            got = service(sel, c, mask, rbuf)
+            if got is None:
                 continue
-            try:
-                got = c.sock.recv_into(rbuf)  # type: ignore[union-attr]
-            except BlockingIOError:
-                continue
-            except ConnectionError:
-                got = 0
             arrived = time.monotonic_ns()
             if not got:
-                sel.unregister(c.sock)  # type: ignore[arg-type]
-                c.closed = True
                 closed += 1
                 continue
             buf = c.buf + rbuf[:got] if c.buf else bytes(rbuf[:got])

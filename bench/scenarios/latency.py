@@ -27,6 +27,7 @@ from ..clients import (
     flush,
     make_dialect,
     send_now,
+    service,
     setup_steps,
 )
 from ..harness import Figure, Report, Worker, percentile, temp_dir, wait_for
@@ -185,20 +186,11 @@ def _run(loop: Loop, sender: Conn, receivers: list[Conn], storm: LoginStorm | No
             if c.role == LOGIN:
                 storm.on_event(c, mask)  # type: ignore[union-attr]
                 continue
-            if mask & selectors.EVENT_WRITE and flush(c):
-                sel.modify(c.sock, selectors.EVENT_READ, c)  # type: ignore[arg-type]
-            if not mask & selectors.EVENT_READ:
+            n = service(sel, c, mask, rbuf)
+            if n is None:
                 continue
-            try:
-                n = c.sock.recv_into(rbuf)  # type: ignore[union-attr]
-            except BlockingIOError:
-                continue
-            except ConnectionError:
-                n = 0
             arrived = time.monotonic_ns()
             if not n:
-                sel.unregister(c.sock)  # type: ignore[arg-type]
-                c.closed = True
                 continue
             if c.role != RECEIVER:
                 if ERROR_FRAME in rbuf[:n]:
