@@ -3,7 +3,10 @@ text-mode client (as ``nc`` would be) and a WebSocket client."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import socket
 from typing import Any
 
 import trio
@@ -124,3 +127,57 @@ class WsJson:
         rid = self._next_id
         await self.send({"type": type_, "id": rid, **fields})
         return await self.recv_until(lambda f: f.get("re") == rid)
+
+
+async def raw_websocket(port: int, *, receive_buffer: int | None = None) -> trio.SocketStream:
+    """A WebSocket connection made by hand, so that nothing reads or answers behind the test's back."""
+    sock = trio.socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade"
+                           f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    with trio.fail_after(TIMEOUT):
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return stream
+
+
+def ws_text(payload: bytes, *, opcode: int = 0x1, mask: bytes = b"\0\0\0\0") -> bytes:
+    """A masked client frame, text unless told (the default zero mask leaves the payload as is)."""
+    n = len(payload)
+    head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if any(mask) else payload
+    return head + mask + masked
+
+
+class ServerFrames:
+    """Reads the server's (unmasked) frames off a hand-made WebSocket: (opcode, payload) pairs."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    async def _need(self, n: int) -> None:
+        while len(self.buf) < n:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("the server closed the connection")
+            self.buf += data
+
+    async def next(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        with trio.fail_after(timeout):
+            await self._need(2)
+            opcode, n = self.buf[0] & 0x0F, self.buf[1] & 0x7F
+            start = 2
+            if n >= 126:
+                width = 2 if n == 126 else 8
+                await self._need(2 + width)
+                n, start = int.from_bytes(self.buf[2:2 + width], "big"), 2 + width
+            await self._need(start + n)
+            payload, self.buf = self.buf[start:start + n], self.buf[start + n:]
+            return opcode, payload

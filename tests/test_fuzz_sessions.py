@@ -13,11 +13,8 @@ in, and a WebSocket client that never reads.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from utuvox.protocol.schema import REQUEST_TYPES
 from utuvox.protocol.text_codec import COMMANDS
 from utuvox.server.app import Server
 
-from .clients import JsonLines, TextLines, WsJson
+from .clients import JsonLines, TextLines, WsJson, raw_websocket, ws_text
 from .conftest import login_json, open_ws, running_server
 
 TIMEOUT = 5
@@ -365,31 +362,6 @@ async def test_silent_connections_are_closed_when_asked_for(tmp_path: Path) -> N
 
 
 # --- a WebSocket client that never reads ----------------------------------------------------------
-
-
-async def raw_websocket(port: int, *, receive_buffer: int | None = None) -> trio.SocketStream:
-    """A WebSocket connection made by hand, so that nothing reads or answers behind the test's back."""
-    sock = trio.socket.socket()
-    if receive_buffer is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    await sock.connect(("127.0.0.1", port))
-    stream = trio.SocketStream(sock)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade"
-                           f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    with trio.fail_after(TIMEOUT):
-        while b"\r\n\r\n" not in head:
-            head += await stream.receive_some(1)
-    assert head.startswith(b"HTTP/1.1 101")
-    return stream
-
-
-def ws_text(payload: bytes) -> bytes:
-    """A masked client text frame (the zero mask leaves the payload as is)."""
-    n = len(payload)
-    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0xFE)) + n.to_bytes(2, "big")
-    return head + b"\0\0\0\0" + payload
 
 
 async def test_a_websocket_client_that_never_reads_is_cut_off(tmp_path: Path) -> None:

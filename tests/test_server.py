@@ -3,12 +3,13 @@ persistence, sessions, slow readers and bad input."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
 import trio
 
-from .clients import JsonLines
+from .clients import JsonLines, ServerFrames, raw_websocket, ws_text
 from .conftest import login_json, open_ws, running_server
 
 
@@ -277,3 +278,43 @@ async def test_message_acknowledgements_echo_any_kind_of_id(server, connect_json
     await js.send({"type": "message", "text": "no id"})
     ok = await js.recv_until(lambda f: f.get("type") == "ok")
     assert "re" not in ok and ok["room"] == "general"
+
+
+async def test_a_websocket_client_may_pipeline_many_messages_in_one_write(server, connect_json) -> None:
+    """Far more frames than the server's WebSocket queue holds arrive in one write, masked, with a ping
+    among them: every message is acknowledged once, in order, and delivered in order; the ping is
+    answered."""
+    member = await connect_json()
+    await login_json(member, "bob")
+    ws = await raw_websocket(server.ws_port)
+    frames = ServerFrames(ws)
+    mask = b"\x5a\xa5\x3c\xc3"
+    register = json.dumps({"type": "register", "username": "alice", "password": "pw"}).encode()
+    await ws.send_all(ws_text(register, mask=mask) + ws_text(b'{"type": "create", "room": "general"}', mask=mask))
+    while json.loads((await frames.next())[1])["type"] != "joined":
+        pass
+    await member.request("join", room="general")
+    count = 1000
+    burst = [ws_text(json.dumps({"type": "message", "id": i, "text": f"m{i}"}).encode(), mask=mask)
+             for i in range(count)]
+    burst.insert(count // 2, ws_text(b"are you there", opcode=0x9, mask=mask))
+    await ws.send_all(b"".join(burst))
+
+    acked: list[int] = []
+    seqs: list[int] = []
+    pong = b""
+    while len(acked) < count:
+        opcode, payload = await frames.next()
+        if opcode == 0xA:
+            pong = payload
+            continue
+        reply = json.loads(payload)
+        if reply["type"] == "ok":
+            acked.append(reply["re"])
+            seqs.append(reply["seq"])
+    assert acked == list(range(count))
+    assert seqs == sorted(set(seqs))
+    assert pong == b"are you there"
+    texts = [(await member.recv_until(lambda f: f.get("type") == "message"))["text"] for _ in range(count)]
+    assert texts == [f"m{i}" for i in range(count)]
+    await ws.aclose()
