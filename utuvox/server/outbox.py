@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import deque
 from typing import Literal
 
 import trio
@@ -77,7 +76,9 @@ class Outbox:
         self.paced_bytes = paced_bytes
         self._queued_bytes = 0  # bytes of the encoded frames queued (shared events not counted)
         self.session: Session | None = None
-        self._queue: deque[bytes | Wire] = deque()
+        # A list, not a deque: it is only appended to and taken whole, and an empty deque costs 600 bytes
+        # per connection against a list's 56 (10,000 idle connections are a goal).
+        self._queue: list[bytes | Wire] = []
         self._marked = False  # waiting in the flusher's list
         self._writing = False  # the writer task owns the socket until the queue is empty
         self._backlog = b""  # what a direct write could not send; the writer task sends it first
@@ -180,7 +181,7 @@ class Outbox:
 
     def _take(self) -> bytes:
         """Everything queued, as the bytes to put on the wire."""
-        queue, self._queue = self._queue, deque()
+        queue, self._queue = self._queue, []
         self._queued_bytes = 0
         frame = self.conn.frame
         if frame is not None:  # a WebSocket: JSON only, each event framed once for everybody

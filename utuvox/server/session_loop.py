@@ -75,6 +75,9 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
                      limiter: SessionLimiter | None) -> None:
     requests = limiter.requests if limiter is not None else None
     while not outbox.closing:
+        # Drop the last frame, request and reply before waiting: an idle session would keep them alive
+        # (over a kilobyte each, times thousands of idle connections).
+        frame = request = reply = None
         try:
             frame = await conn.receive()
         except ProtocolError as exc:
