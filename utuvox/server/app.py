@@ -13,7 +13,6 @@ from functools import partial
 from typing import Any
 
 import trio
-import trio_websocket
 
 from utuvox.chat import admin
 from utuvox.chat.admin_key import AdminKey
@@ -26,6 +25,7 @@ from utuvox.protocol import json_codec, text_codec
 from utuvox.protocol.core import Goodbye
 from utuvox.store import SqliteStore
 
+from . import websocket
 from .admin_socket import peer_credentials, serve_admin_socket
 from .connection import LineConnection, WebSocketConnection
 from .keepalive import WatchConfig, Watchdog, tune_socket
@@ -155,15 +155,10 @@ class Server:
         self.tcp_port = tcp[0].socket.getsockname()[1]
         listeners.start_soon(partial(trio.serve_listeners, partial(self._on_tcp, chat), tcp,
                                      handler_nursery=sessions))
-        ws_server = await listeners.start(partial(
-            trio_websocket.serve_websocket, partial(self._on_websocket, chat), s.host, s.ws_port, self.tls,
-            handler_nursery=sessions, max_message_size=s.max_frame_bytes * 4, connect_timeout=s.handshake_timeout,
-            receive_buffer_size=64 * 1024,  # trio-websocket's 4 KiB default makes uploads crawl
-            # With a queue of one, the library's reader task hands over each message and waits for the
-            # session to take it: two task switches per frame for a pipelining client.
-            message_queue_size=64,
-        ))
-        self.ws_port = ws_server.port
+        ws = await trio.open_tcp_listeners(s.ws_port, host=s.host)
+        self.ws_port = ws[0].socket.getsockname()[1]
+        listeners.start_soon(partial(trio.serve_listeners, partial(self._on_websocket, chat), ws,
+                                     handler_nursery=sessions))
         await listeners.start(partial(serve_admin_socket, partial(self._on_admin, chat), s.admin_socket_path,
                                       handler_nursery=sessions))
 
@@ -230,19 +225,46 @@ class Server:
             await run_session(chat, conn, codec, queue_limit=s.send_queue_frames, flusher=self.flusher,
                               watchdog=self.watchdog)
 
-    async def _on_websocket(self, chat: Chat, request: trio_websocket.WebSocketRequest) -> None:
-        try:
-            ws = await request.accept()
-        except trio_websocket.ConnectionClosed:
-            return
-        remote = ws.remote
-        address = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+    async def _on_websocket(self, chat: Chat, stream: trio.SocketStream) -> None:
+        s = self.settings
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        tune_socket(stream, s.keepalive_interval, s.keepalive_timeout)
+        address = _address(stream.socket)
         with self._admit(address) as admitted:
-            if not admitted:
-                with trio.move_on_after(1), contextlib.suppress(trio_websocket.ConnectionClosed):
-                    await ws.send_message(json_codec.encode(self._too_many())[:-1].decode())
-                    await ws.aclose(code=1008, reason="too many connections")
+            channel: trio.abc.Stream = stream
+            if self.tls is not None:
+                wrapped = await handshake(stream, self.tls, s.handshake_timeout)
+                if wrapped is None:
+                    return
+                channel = wrapped
+            leftover = await self._upgrade(channel)
+            if leftover is None:
                 return
-            conn = WebSocketConnection(ws, address, self.settings.max_frame_bytes)
-            await run_session(chat, conn, "json", queue_limit=self.settings.send_queue_frames, flusher=self.flusher,
+            conn = WebSocketConnection(channel, address, s.max_frame_bytes, initial=leftover)
+            if not admitted:
+                with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                    await channel.send_all(conn.frame(json_codec.encode(self._too_many()))
+                                           + websocket.close_frame(websocket.POLICY, "too many connections"))
+                await trio.aclose_forcefully(channel)
+                return
+            await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, flusher=self.flusher,
                               watchdog=self.watchdog)
+
+    async def _upgrade(self, channel: trio.abc.Stream) -> bytes | None:
+        """The opening handshake within ``handshake_timeout``: the bytes the client sent behind its
+        request, or ``None`` (the connection answered if it asked for something else, and closed)."""
+        reader = websocket.HandshakeReader()
+        answer = None
+        with trio.move_on_after(self.settings.handshake_timeout):
+            try:
+                while answer is None:
+                    answer = reader.feed(await channel.receive_some(websocket.MAX_HEAD))
+                await channel.send_all(answer.response)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                answer = None
+        if answer is not None and answer.accepted:
+            return answer.leftover
+        with trio.move_on_after(1):
+            await trio.aclose_forcefully(channel)
+        return None

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import trio
-import trio_websocket
 
 from utuvox.protocol import Code, ProtocolError
+
+from . import websocket as ws
 
 
 class Connection(Protocol):
@@ -26,10 +27,14 @@ class Connection(Protocol):
 
     def direct_fd(self) -> int | None:
         """A non-blocking file descriptor that framed bytes may be written to right now, or None when
-        the transport must go through :meth:`send_raw` (TLS, or a WebSocket mid-way through a write)."""
+        the transport must go through :meth:`send_raw` (TLS)."""
 
     async def send_raw(self, data: bytes) -> None:
         """Send framed bytes, waiting for the socket as needed."""
+
+    def attach(self, send_framed: Callable[[bytes], None]) -> None:
+        """Where the connection's own frames go (a WebSocket's pongs and close frames): into the
+        session's outbox, in order with everything else."""
 
     async def aclose(self) -> None: ...
 
@@ -43,19 +48,6 @@ def _socket_fd(stream: object) -> int | None:
         return None
     fd = stream.socket.fileno()
     return fd if fd >= 0 else None
-
-
-def websocket_text_frame(line: bytes) -> bytes:
-    """One line as a WebSocket text frame. Server-to-client frames are unmasked, so a frame is a header
-    and the payload: cheap to build here, and built once per event for everybody (see Wire.framed),
-    instead of one library call per message per member."""
-    payload = line[:-1]
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class LineConnection:
@@ -155,6 +147,9 @@ class LineConnection:
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
+    def attach(self, send_framed: Callable[[bytes], None]) -> None:
+        pass  # lines need no frames of their own
+
     async def aclose(self) -> None:
         """Close gracefully: after our last bytes (a ``bye``), say we are done writing and read whatever
         the peer still sends until it closes too, briefly. Closing a socket that has unread input makes
@@ -170,71 +165,115 @@ class LineConnection:
         await self.stream.aclose()
 
 
-class _EagerSend:
-    """trio-websocket's reader task hands over each message with ``await channel.send``, a checkpoint
-    even when the queue has room, so a pipelining client's messages come in one per turn of the event
-    loop, each turn costing more than the message. Put in place of the reader's channel, this sends
-    without a checkpoint while the queue has room; the reader then parses a whole read (hundreds of
-    frames) in one go, as the line reader does. A full queue still makes the reader wait."""
-
-    def __init__(self, channel: trio.MemorySendChannel[str | bytes]) -> None:
-        self._channel = channel
-
-    async def send(self, value: str | bytes) -> None:
-        try:
-            self._channel.send_nowait(value)
-        except trio.WouldBlock:
-            await self._channel.send(value)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._channel, name)
-
-
 class WebSocketConnection:
-    """One JSON frame per WebSocket text message.
+    """One JSON request per WebSocket message, framed by :mod:`.websocket`.
 
-    Sending goes around trio-websocket's one-call-per-message path (see websocket_text_frame) but
-    through its stream and its lock, so frames never interleave with the ones it writes itself."""
+    Control frames are answered here as they arrive (a pong for a ping, the close handshake); their
+    replies go through the session's outbox (:meth:`attach`), so they never land in the middle of a
+    frame the outbox is writing.
+    """
 
-    frame = staticmethod(websocket_text_frame)
-
+    frame = staticmethod(ws.text_frame)
     transport = "ws"
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, address: str, max_frame: int) -> None:
-        self.ws = ws
+    def __init__(self, stream: trio.abc.Stream, address: str, max_frame: int, initial: bytes = b"") -> None:
+        self.stream = stream
         self.address = address
         self._max = max_frame
-        ws._send_channel = _EagerSend(ws._send_channel)  # type: ignore[assignment]
+        # Messages up to four frames' worth are read and refused with an error; beyond that the client
+        # is not speaking this protocol in good faith and the connection is closed (1009).
+        self._reader = ws.FrameReader(max_message=max_frame * 4)
+        self._control: Callable[[bytes], None] | None = None
+        self._eof = False
+        self._close_sent = False
+        self.ping_sent: float | None = None  # when an unanswered ping went out (the watchdog's)
+        if initial:
+            self._reader.feed(initial)
+
+    def attach(self, send_framed: Callable[[bytes], None]) -> None:
+        self._control = send_framed
+
+    def _send_control(self, data: bytes) -> None:
+        if self._control is not None:
+            self._control(data)
+
+    def ping(self, now: float) -> None:
+        """Send a ping unless one is still unanswered; :attr:`ping_sent` is cleared by its pong."""
+        if self.ping_sent is None:
+            self.ping_sent = now
+            self._send_control(ws.frame(ws.PING, b"utuvox"))
+
+    def _close(self, code: int, reason: str = "") -> None:
+        if not self._close_sent:
+            self._close_sent = True
+            self._send_control(ws.close_frame(code, reason))
+
+    @property
+    def partial_bytes(self) -> int:
+        return self._reader.pending_bytes
 
     async def receive(self) -> bytes | str | None:
-        # Take what the library's reader has already queued without a checkpoint each: a pipelining
-        # client's messages are then handled in one go, as a TCP client's lines are, instead of one per
-        # turn of the event loop (and one pass of the flusher per message).
-        try:
-            message = self.ws._recv_channel.receive_nowait()
-        except trio.WouldBlock:
+        reader = self._reader
+        while True:
             try:
-                message = await self.ws.get_message()
-            except trio_websocket.ConnectionClosed:
+                item = reader.next()
+            except ws.WebSocketError as exc:
+                self._close(exc.code, exc.reason)
+                self._eof = True
                 return None
-        except (trio.ClosedResourceError, trio.EndOfChannel):
-            return None
-        if len(message) > self._max:
-            raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
-        return message
+            if item is None:
+                if self._eof:
+                    return None
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    data = b""
+                if not data:
+                    self._eof = True
+                    return None
+                reader.feed(data)
+                continue
+            opcode, payload = item
+            if opcode <= ws.BINARY:
+                if len(payload) > self._max:
+                    raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
+                return payload
+            if opcode == ws.PING:
+                self._send_control(ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+            elif opcode == ws.PONG:
+                self.ping_sent = None
+            else:  # the client closes: answer with its code, and the session ends
+                self._close(ws.close_code(payload))  # type: ignore[arg-type]
+                self._eof = True
+                return None
 
     def direct_fd(self) -> int | None:
-        ws = self.ws
-        if ws._close_reason is not None or ws._stream_lock.locked():
-            return None  # closing, or the library is writing (a pong, a close frame): go through its lock
-        return _socket_fd(ws._stream)
+        return _socket_fd(self.stream)
 
     async def send_raw(self, data: bytes) -> None:
-        ws = self.ws
-        if ws._close_reason is not None:
-            raise trio.BrokenResourceError("WebSocket closed")
-        async with ws._stream_lock:
-            await ws._stream.send_all(data)
+        await self.stream.send_all(data)
 
     async def aclose(self) -> None:
-        await self.ws.aclose()
+        """The closing handshake, briefly: our close frame (unless sent already), then wait for the
+        client's close frame or end of stream, then close the TCP connection (the server closes first,
+        as RFC 6455 asks). The outbox is detached by now, so writing here cannot split its frames."""
+        with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, OSError
+        ):
+            if not self._close_sent:
+                self._close_sent = True
+                await self.stream.send_all(ws.close_frame(ws.NORMAL))
+            while not self._eof:
+                try:
+                    item = self._reader.next()
+                except ws.WebSocketError:
+                    break
+                if item is not None:
+                    if item[0] == ws.CLOSE:
+                        break
+                    continue
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    break
+                self._reader.feed(data)
+        await self.stream.aclose()

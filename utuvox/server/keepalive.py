@@ -16,7 +16,7 @@ nothing arrives and, as long as the server sends nothing either, nothing fails. 
 One task sweeps every connection once a second rather than one timer per connection, which would cost
 memory on a server holding tens of thousands of idle connections. Nothing here touches the path of a
 frame: the sweep sees that frames arrived from the session's request meter having moved (so it knows when,
-to within a sweep), and a frame in progress from the line buffer of the connection.
+to within a sweep), and a frame in progress from the connection's buffer.
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-import trio_websocket
 
 from utuvox.chat.limits import SessionLimiter, monotonic
 from utuvox.chat.session import Session
 from utuvox.protocol.core import Keepalive
 
-from .connection import Connection
+from .connection import Connection, WebSocketConnection
 from .outbox import Outbox
 
 log = logging.getLogger("utuvox.server")
@@ -74,11 +73,10 @@ class Watch:
     sent_seen: int = -1  # outbox.bytes_sent at the last sweep
     quiet_since: float = 0.0  # when the server last sent anything
     partial_since: float | None = None  # when a sweep first saw the frame now in progress
-    pinging: bool = False
 
     @property
-    def ws(self) -> trio_websocket.WebSocketConnection | None:
-        return getattr(self.conn, "ws", None)
+    def ws(self) -> WebSocketConnection | None:
+        return self.conn if isinstance(self.conn, WebSocketConnection) else None
 
     def close(self, reason: str) -> None:
         """Say goodbye and close (for a client that is alive but breaks a rule)."""
@@ -108,7 +106,6 @@ class Watchdog:
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
         self.watches: dict[Watch, None] = {}
-        self._nursery: trio.Nursery | None = None
         self.closed = 0  # connections closed or dropped here, for statistics
 
     def watch(self, session: Session, outbox: Outbox, limiter: SessionLimiter | None, codec: str,
@@ -128,12 +125,10 @@ class Watchdog:
         c = self.config
         tick = min(1.0, *(t / 4 for t in (c.keepalive_interval, c.login_timeout, c.idle_timeout, c.frame_timeout)
                           if t > 0))
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            while True:
-                await trio.sleep(tick)
-                self.sweep(monotonic())
+        task_status.started()
+        while True:
+            await trio.sleep(tick)
+            self.sweep(monotonic())
 
     def sweep(self, now: float) -> None:
         c = self.config
@@ -159,12 +154,17 @@ class Watchdog:
                 self.closed += 1
                 watch.close(f"A frame took longer than {c.frame_timeout:g} s to arrive.")
                 continue
+            ws = watch.ws
+            if ws is not None and ws.ping_sent is not None and now - ws.ping_sent > c.keepalive_timeout:
+                self.closed += 1
+                watch.kill(f"no answer to a WebSocket ping within {c.keepalive_timeout:g} s")
+                continue
             if outbox.bytes_sent != watch.sent_seen:
                 watch.sent_seen = outbox.bytes_sent
                 watch.quiet_since = now
             elif now - watch.quiet_since >= c.keepalive_interval:
                 watch.quiet_since = now
-                self._probe(watch)
+                self._probe(watch, now)
 
     def _frame_too_slow(self, watch: Watch, last_in: float, now: float) -> bool:
         """Whether the same frame has been arriving for longer than ``frame_timeout`` (slowloris)."""
@@ -176,24 +176,10 @@ class Watchdog:
             return False
         return now - watch.partial_since > self.config.frame_timeout
 
-    def _probe(self, watch: Watch) -> None:
-        if watch.ws is not None:
-            if not watch.pinging and self._nursery is not None:
-                watch.pinging = True
-                self._nursery.start_soon(self._ping, watch, watch.ws)
+    def _probe(self, watch: Watch, now: float) -> None:
+        ws = watch.ws
+        if ws is not None:
+            ws.ping(now)
         elif watch.codec == "json":
             watch.outbox.send(Keepalive())
         # Text mode: nothing a person would see; TCP keepalive watches the connection.
-
-    async def _ping(self, watch: Watch, ws: trio_websocket.WebSocketConnection) -> None:
-        try:
-            with trio.move_on_after(self.config.keepalive_timeout) as scope:
-                try:
-                    await ws.ping()
-                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-            if scope.cancelled_caught and watch in self.watches:
-                self.closed += 1
-                watch.kill(f"no answer to a WebSocket ping within {self.config.keepalive_timeout:g} s")
-        finally:
-            watch.pinging = False

@@ -64,6 +64,18 @@ class Flusher:
             await trio.lowlevel.checkpoint()
 
 
+class _Framed:
+    """Bytes to send as they are, already framed by the connection."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def framed(self, frame: object) -> bytes:
+        return self.data
+
+
 class Outbox:
     def __init__(self, conn: Connection, codec: Codec, limit: int, flusher: Flusher, *,
                  paced_bytes: int = 1024 * 1024) -> None:
@@ -78,7 +90,7 @@ class Outbox:
         self.session: Session | None = None
         # A list, not a deque: it is only appended to and taken whole, and an empty deque costs 600 bytes
         # per connection against a list's 56 (10,000 idle connections are a goal).
-        self._queue: list[bytes | Wire] = []
+        self._queue: list[bytes | Wire | _Framed] = []
         self._marked = False  # waiting in the flusher's list
         self._writing = False  # the writer task owns the socket until the queue is empty
         self._backlog = b""  # what a direct write could not send; the writer task sends it first
@@ -92,7 +104,7 @@ class Outbox:
 
     # --- queueing (never blocks) ----------------------------------------------------------------
 
-    def _put(self, item: bytes | Wire) -> None:
+    def _put(self, item: bytes | Wire | _Framed) -> None:
         if self.closing:
             return
         queue = self._queue
@@ -118,6 +130,10 @@ class Outbox:
         if not self._marked and not self._writing:
             self._marked = True
             self.flusher.mark(self)
+
+    def send_framed(self, data: bytes) -> None:
+        """Queue bytes that are already a frame of the transport (a WebSocket pong or close)."""
+        self._put(_Framed(data))
 
     def send(self, frame: Reply | Event, request: Request | None = None) -> None:
         data = self._encode(frame, request)

@@ -30,6 +30,7 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
     outbox = Outbox(conn, codec, queue_limit, flusher)
     session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
     outbox.session = session
+    conn.attach(outbox.send_framed)
     chat.connect(session)
     limiter = chat.limits.sessions.get(session)
     watch = watchdog.watch(session, outbox, limiter, codec, conn) if watchdog is not None else None

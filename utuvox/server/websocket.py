@@ -1,0 +1,256 @@
+"""The server side of WebSocket (RFC 6455) as a pure protocol core: the opening handshake and the
+frames, with no I/O (the connection in connection.py does the reading and writing).
+
+Why UtuVox frames WebSocket itself instead of serving it through a general-purpose library: a chat
+server holds thousands of mostly idle connections and passes small frames. A library connection
+brings a reader task, a memory channel, a handshake object and an event machine per connection
+(about 13 KiB each, measured), and hands messages over one per turn of the event loop; here a
+connection is a byte buffer and a few integers, and a read of hundreds of pipelined frames is parsed
+in one pass. HTTP itself is left to h11.
+
+Only what a server needs: client frames must be masked, no extensions are negotiated (so the RSV bits
+must be zero), control frames are answered by the caller (pong, close), and a text message must be
+valid UTF-8.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+import h11
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+MAX_HEAD = 16 * 1024  # bytes of HTTP request head a client may send
+
+# Close codes (RFC 6455 section 7.4.1).
+NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG = 1000, 1001, 1002, 1007, 1008, 1009
+_SENDABLE_CODES = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
+
+
+# --- the opening handshake ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """What to answer a request head: the response bytes, and whether the connection is now a
+    WebSocket (``leftover`` then holds any frames the client sent right behind its request)."""
+
+    response: bytes
+    accepted: bool
+    leftover: bytes = b""
+
+
+def _reject(status: int, reason: str, message: str, extra: str = "") -> Handshake:
+    body = message.encode() + b"\n"
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
+    return Handshake(head.encode() + body, accepted=False)
+
+
+def accept_key(key: bytes) -> str:
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+
+
+class HandshakeReader:
+    """Feed it the bytes a new connection sends; once :meth:`feed` returns a :class:`Handshake`, send
+    its response (and close the connection unless it was accepted)."""
+
+    def __init__(self) -> None:
+        self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    def feed(self, data: bytes) -> Handshake | None:
+        http = self._http
+        http.receive_data(data)
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            return _reject(400, "Bad Request", f"Not an HTTP request: {exc}")
+        if event is h11.NEED_DATA:
+            if not data:
+                return _reject(400, "Bad Request", "The request ended early.")
+            return None
+        if not isinstance(event, h11.Request):
+            return _reject(400, "Bad Request", "Expected a WebSocket upgrade request.")
+        return self._answer(event, http.trailing_data[0])
+
+    @staticmethod
+    def _answer(request: h11.Request, leftover: bytes) -> Handshake:
+        headers: dict[bytes, list[bytes]] = {}
+        for name, value in request.headers:
+            headers.setdefault(name.lower(), []).append(value)
+
+        def tokens(name: bytes) -> set[bytes]:
+            return {t.strip().lower() for v in headers.get(name, []) for t in v.split(b",")}
+
+        if request.method != b"GET":
+            return _reject(405, "Method Not Allowed", "A WebSocket starts with GET.", "Allow: GET\r\n")
+        if b"websocket" not in tokens(b"upgrade") or b"upgrade" not in tokens(b"connection"):
+            return _reject(426, "Upgrade Required", "This port speaks WebSocket only (ws:// or wss://).",
+                           "Upgrade: websocket\r\n")
+        if tokens(b"sec-websocket-version") != {b"13"}:
+            return _reject(426, "Upgrade Required", "Unsupported WebSocket version: 13 is spoken here.",
+                           "Sec-WebSocket-Version: 13\r\n")
+        keys = headers.get(b"sec-websocket-key", [])
+        try:
+            valid_key = len(keys) == 1 and len(base64.b64decode(keys[0].strip(), validate=True)) == 16
+        except (binascii.Error, ValueError):
+            valid_key = False
+        if not valid_key:
+            return _reject(400, "Bad Request", "Missing or malformed Sec-WebSocket-Key.")
+        response = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Accept: {accept_key(keys[0].strip())}\r\n\r\n")
+        return Handshake(response.encode(), accepted=True, leftover=leftover)
+
+
+# --- frames ---------------------------------------------------------------------------------------
+
+
+class WebSocketError(Exception):
+    """The client broke the protocol: close the connection with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A server frame (unmasked, final)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big") + payload
+
+
+def text_frame(line: bytes) -> bytes:
+    """One encoded line (JSON and its newline) as a text frame. Built once per event for everybody
+    (see Wire.framed): server frames are not masked, so every member gets the same bytes."""
+    return frame(TEXT, line[:-1])
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    return frame(CLOSE, code.to_bytes(2, "big") + reason.encode()[:120])
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return payload
+    # One XOR of two big integers runs in C over the whole payload; a byte loop would be Python's.
+    mask = int.from_bytes(key * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
+    return (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+
+
+class FrameReader:
+    """Client frames in, messages and control frames out.
+
+    :meth:`next` returns ``(opcode, payload)``: ``TEXT`` with a ``str`` (validated UTF-8), ``BINARY``
+    with bytes, or a control frame (``PING``, ``PONG``, ``CLOSE``) with its bytes; ``None`` when more
+    bytes are needed. Fragmented messages come out whole. Raises :class:`WebSocketError` on a
+    protocol violation (the connection must then be closed with its code).
+    """
+
+    def __init__(self, max_message: int) -> None:
+        self._max = max_message
+        self._buf = b""
+        self._pos = 0
+        self._parts: list[bytes] = []  # fragments of a message in progress
+        self._parts_len = 0
+        self._opcode = 0  # the opcode of the message in progress
+
+    def feed(self, data: bytes) -> None:
+        if self._pos < len(self._buf):
+            self._buf = self._buf[self._pos:] + data
+        else:
+            self._buf = data
+        self._pos = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of a frame or a fragmented message that has not fully arrived."""
+        return len(self._buf) - self._pos + self._parts_len
+
+    def next(self) -> tuple[int, str | bytes] | None:
+        while True:
+            buf, pos = self._buf, self._pos
+            avail = len(buf) - pos
+            if avail < 2:
+                return None
+            b0, b1 = buf[pos], buf[pos + 1]
+            if b0 & 0x70:
+                raise WebSocketError(PROTOCOL_ERROR, "Reserved bits set (no extension was negotiated).")
+            if not b1 & 0x80:
+                raise WebSocketError(PROTOCOL_ERROR, "Client frames must be masked.")
+            n = b1 & 0x7F
+            start = pos + 6
+            if n == 126:
+                if avail < 8:
+                    return None
+                n = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                start = pos + 8
+            elif n == 127:
+                if avail < 14:
+                    return None
+                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                if n >> 63:
+                    raise WebSocketError(PROTOCOL_ERROR, "Frame length out of range.")
+                start = pos + 14
+            opcode, fin = b0 & 0x0F, b0 & 0x80
+            if opcode >= CLOSE:
+                if opcode > PONG:
+                    raise WebSocketError(PROTOCOL_ERROR, f"Unknown opcode {opcode}.")
+                if not fin or n > 125:
+                    raise WebSocketError(PROTOCOL_ERROR, "Control frames must be final and at most 125 bytes.")
+            elif opcode > BINARY:
+                raise WebSocketError(PROTOCOL_ERROR, f"Unknown opcode {opcode}.")
+            elif self._parts_len + n > self._max:
+                raise WebSocketError(TOO_BIG, f"Message larger than {self._max} bytes.")
+            if len(buf) < start + n:
+                return None
+            payload = unmask(buf[start:start + n], buf[start - 4:start])
+            self._pos = start + n
+            if opcode >= CLOSE:
+                return opcode, payload
+            if opcode == CONTINUATION:
+                if not self._opcode:
+                    raise WebSocketError(PROTOCOL_ERROR, "Continuation frame without a message to continue.")
+            elif self._opcode:
+                raise WebSocketError(PROTOCOL_ERROR, "New message before the previous one was finished.")
+            else:
+                self._opcode = opcode
+            if not fin:
+                self._parts.append(payload)
+                self._parts_len += n
+                continue
+            if self._parts:
+                payload = b"".join([*self._parts, payload])
+                self._parts.clear()
+                self._parts_len = 0
+            opcode, self._opcode = self._opcode, 0
+            if opcode == BINARY:
+                return BINARY, payload
+            try:
+                return TEXT, payload.decode()
+            except UnicodeDecodeError:
+                raise WebSocketError(INVALID_DATA, "Text message is not valid UTF-8.") from None
+
+
+def close_code(payload: bytes) -> int:
+    """The code to answer a client's close frame with: its own code, or a protocol error for a
+    malformed one."""
+    if not payload:
+        return NORMAL
+    if len(payload) < 2:
+        return PROTOCOL_ERROR
+    code = int.from_bytes(payload[:2], "big")
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        return INVALID_DATA
+    return code if code in _SENDABLE_CODES else PROTOCOL_ERROR
