@@ -339,6 +339,18 @@ async def test_a_frame_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
         await text.stream.send_all(b"/log")  # and never the rest of the line
         assert "Disconnected: A frame took longer" in await text.expect("Disconnected", timeout=10)
 
+        # Over WebSocket: the first fragment of a message, and never the last one.
+        ws = await raw_websocket(srv.ws_port)
+        await ws.send_all(ws_text(b'{"type": "register", "username": "wsslow", "password": "pw"}'))
+        await ws.send_all(b"\x01\x84\0\0\0\0" + b'{"ty')  # a text frame without FIN: more to come
+        received = b""
+        with trio.fail_after(10):
+            while b"took longer than 1 s to arrive" not in received:
+                data = await ws.receive_some(65536)
+                assert data, "closed without a goodbye"
+                received += data
+        await ws.aclose()
+
 
 async def test_connections_that_never_log_in_are_closed(tmp_path: Path) -> None:
     async with running_server(tmp_path, login_timeout=0.5) as srv:
