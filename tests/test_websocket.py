@@ -163,7 +163,8 @@ def test_a_request_head_that_never_ends_is_refused() -> None:
         answer = reader.feed(b"GET / HTTP/1.1\r\nX-Filler: " + b"a" * 1000 + b"\r\n")
         if answer is not None:
             break
-    assert answer is not None and not answer.accepted and answer.response.startswith(b"HTTP/1.1 400")
+    assert answer is not None and not answer.accepted
+    assert answer.response.startswith(b"HTTP/1.1 431 Request Header Fields Too Large")
 
 
 # --- the live server --------------------------------------------------------------------------------
@@ -255,3 +256,10 @@ async def test_frames_sent_right_behind_the_upgrade_request_are_not_lost(server)
     opcode, payload = await ServerFrames(stream).next()
     assert opcode == ws.TEXT and json.loads(payload) == {"type": "pong", "re": "early"}
     await stream.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 1023, 1024, 1027, 70_000])
+def test_unmasking_gives_back_the_payload_at_every_size(size: int) -> None:
+    payload, key = os.urandom(size), os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    assert ws.unmask(masked, key) == payload

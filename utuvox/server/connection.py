@@ -32,9 +32,9 @@ class Connection(Protocol):
     async def send_raw(self, data: bytes) -> None:
         """Send framed bytes, waiting for the socket as needed."""
 
-    def attach(self, send_framed: Callable[[bytes], None]) -> None:
+    def attach(self, send_framed: Callable[[bytes], bool]) -> None:
         """Where the connection's own frames go (a WebSocket's pongs and close frames): into the
-        session's outbox, in order with everything else."""
+        session's outbox, in order with everything else. ``send_framed`` says whether it took them."""
 
     async def aclose(self) -> None: ...
 
@@ -147,7 +147,7 @@ class LineConnection:
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    def attach(self, send_framed: Callable[[bytes], None]) -> None:
+    def attach(self, send_framed: Callable[[bytes], bool]) -> None:
         pass  # lines need no frames of their own
 
     async def aclose(self) -> None:
@@ -183,19 +183,18 @@ class WebSocketConnection:
         # Messages up to four frames' worth are read and refused with an error; beyond that the client
         # is not speaking this protocol in good faith and the connection is closed (1009).
         self._reader = ws.FrameReader(max_message=max_frame * 4)
-        self._control: Callable[[bytes], None] | None = None
+        self._control: Callable[[bytes], bool] | None = None
         self._eof = False
         self._close_sent = False
         self.ping_sent: float | None = None  # when an unanswered ping went out (the watchdog's)
         if initial:
             self._reader.feed(initial)
 
-    def attach(self, send_framed: Callable[[bytes], None]) -> None:
+    def attach(self, send_framed: Callable[[bytes], bool]) -> None:
         self._control = send_framed
 
-    def _send_control(self, data: bytes) -> None:
-        if self._control is not None:
-            self._control(data)
+    def _send_control(self, data: bytes) -> bool:
+        return self._control is not None and self._control(data)
 
     def ping(self, now: float) -> None:
         """Send a ping unless one is still unanswered; :attr:`ping_sent` is cleared by its pong."""
@@ -205,8 +204,8 @@ class WebSocketConnection:
 
     def _close(self, code: int, reason: str = "") -> None:
         if not self._close_sent:
-            self._close_sent = True
-            self._send_control(ws.close_frame(code, reason))
+            # If the outbox is closing already, aclose sends the close frame after what is queued.
+            self._close_sent = self._send_control(ws.close_frame(code, reason))
 
     @property
     def partial_bytes(self) -> int:

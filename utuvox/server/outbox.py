@@ -131,9 +131,13 @@ class Outbox:
             self._marked = True
             self.flusher.mark(self)
 
-    def send_framed(self, data: bytes) -> None:
-        """Queue bytes that are already a frame of the transport (a WebSocket pong or close)."""
+    def send_framed(self, data: bytes) -> bool:
+        """Queue bytes that are already a frame of the transport (a WebSocket pong or close); False if
+        the outbox takes nothing more (it is closing)."""
+        if self.closing:
+            return False
         self._put(_Framed(data))
+        return True
 
     def send(self, frame: Reply | Event, request: Request | None = None) -> None:
         data = self._encode(frame, request)

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import h11
 
@@ -67,8 +68,9 @@ class HandshakeReader:
         http.receive_data(data)
         try:
             event = http.next_event()
-        except h11.RemoteProtocolError as exc:
-            return _reject(400, "Bad Request", f"Not an HTTP request: {exc}")
+        except h11.RemoteProtocolError as exc:  # 400, or 431 for a head over MAX_HEAD
+            status = exc.error_status_hint
+            return _reject(status, HTTPStatus(status).phrase, f"Not a valid HTTP request: {exc}")
         if event is h11.NEED_DATA:
             if not data:
                 return _reject(400, "Bad Request", "The request ended early.")
@@ -138,13 +140,22 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return frame(CLOSE, code.to_bytes(2, "big") + reason.encode()[:120])
 
 
+# For each byte value k, the table that XORs a byte with k: bytes.translate applies one in C.
+_XOR_TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
+
+
 def unmask(payload: bytes, key: bytes) -> bytes:
     n = len(payload)
-    if not n:
-        return payload
-    # One XOR of two big integers runs in C over the whole payload; a byte loop would be Python's.
-    mask = int.from_bytes(key * (n // 4 + 1), "little") & ((1 << (8 * n)) - 1)
-    return (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+    if n < 1024:
+        # One XOR of two integers, in C: the cheapest way for a chat-sized frame.
+        mask = int.from_bytes((key * (n // 4 + 1))[:n], "little")
+        return (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+    # Large frames (file chunks): every fourth byte shares a key byte, so four translations over strided
+    # slices do it, about three times faster than the integers at 60 KB.
+    data = bytearray(payload)
+    for i in range(4):
+        data[i::4] = data[i::4].translate(_XOR_TABLES[key[i]])
+    return bytes(data)
 
 
 class FrameReader:
@@ -160,21 +171,34 @@ class FrameReader:
         self._max = max_message
         self._buf = b""
         self._pos = 0
+        # Reads that arrived while a large frame is incomplete, joined once the frame is whole: joining
+        # at every read would copy a 256 KiB frame dozens of times.
+        self._later: list[bytes] = []
+        self._later_len = 0
+        self._need = 0  # bytes the incomplete frame at _pos needs in all (0: unknown, a header is short)
         self._parts: list[bytes] = []  # fragments of a message in progress
         self._parts_len = 0
         self._opcode = 0  # the opcode of the message in progress
 
     def feed(self, data: bytes) -> None:
-        if self._pos < len(self._buf):
-            self._buf = self._buf[self._pos:] + data
+        left = len(self._buf) - self._pos
+        if self._need and left + self._later_len + len(data) < self._need:
+            self._later.append(data)
+            self._later_len += len(data)
+            return
+        if left:
+            self._buf = b"".join([self._buf[self._pos:], *self._later, data])
         else:
             self._buf = data
+        self._later.clear()
+        self._later_len = 0
+        self._need = 0
         self._pos = 0
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of a frame or a fragmented message that has not fully arrived."""
-        return len(self._buf) - self._pos + self._parts_len
+        return len(self._buf) - self._pos + self._later_len + self._parts_len
 
     def next(self) -> tuple[int, str | bytes] | None:
         while True:
@@ -212,6 +236,7 @@ class FrameReader:
             elif self._parts_len + n > self._max:
                 raise WebSocketError(TOO_BIG, f"Message larger than {self._max} bytes.")
             if len(buf) < start + n:
+                self._need = start + n - pos
                 return None
             payload = unmask(buf[start:start + n], buf[start - 4:start])
             self._pos = start + n
