@@ -186,6 +186,7 @@ class WebSocketConnection:
         self._control: Callable[[bytes], bool] | None = None
         self._eof = False
         self._close_sent = False
+        self._pong: bytes | None = None  # the payload of a ping still to answer
         self.ping_sent: float | None = None  # when an unanswered ping went out (the watchdog's)
         if initial:
             self._reader.feed(initial)
@@ -221,6 +222,9 @@ class WebSocketConnection:
                 self._eof = True
                 return None
             if item is None:
+                if self._pong is not None:
+                    self._send_control(ws.frame(ws.PONG, self._pong))
+                    self._pong = None
                 if self._eof:
                     return None
                 try:
@@ -238,7 +242,10 @@ class WebSocketConnection:
                     raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
                 return payload
             if opcode == ws.PING:
-                self._send_control(ws.frame(ws.PONG, payload))  # type: ignore[arg-type]
+                # Answered once the read's frames are all handled, and only the last ping of them (RFC
+                # 6455 5.5.3 allows it): a client sending pings back to back gets a pong per read, not
+                # a write per ping.
+                self._pong = payload  # type: ignore[assignment]
             elif opcode == ws.PONG:
                 self.ping_sent = None
             else:  # the client closes: answer with its code, and the session ends
