@@ -318,3 +318,18 @@ async def test_a_websocket_client_may_pipeline_many_messages_in_one_write(server
     texts = [(await member.recv_until(lambda f: f.get("type") == "message"))["text"] for _ in range(count)]
     assert texts == [f"m{i}" for i in range(count)]
     await ws.aclose()
+
+
+async def test_messages_sent_right_before_a_quit_are_acknowledged_before_the_goodbye(server, connect_json) -> None:
+    client = await connect_json()
+    await login_json(client, "alice")
+    await client.request("create", room="general")
+    burst = b"".join(json.dumps({"type": "message", "id": i, "text": f"last words {i}"}).encode() + b"\n"
+                     for i in range(200))
+    await client.send(burst + b'{"type": "quit", "id": "bye"}\n')
+    acked = []
+    while (frame := await client.recv())["type"] != "bye":
+        if frame["type"] == "ok":
+            acked.append(frame["re"])
+    assert acked == list(range(200))
+    assert await client.closed()

@@ -31,6 +31,7 @@ from .session import Identity, Session
 from .wire import Wire
 
 log = logging.getLogger("utuvox.chat")
+QUIT_ACK_WAIT = 5.0  # seconds a quit waits for the commits of the messages sent before it
 
 Handler = Callable[[Session, Any], Awaitable[Reply | None]]
 
@@ -448,5 +449,10 @@ class Chat:
         return p.Pong(re=req.id)
 
     async def _quit(self, session: Session, req: p.Quit) -> None:
+        # Messages sent just before the quit are still being committed: acknowledge them before the
+        # goodbye, so that a client that says something and leaves knows it was stored.
+        with trio.move_on_after(QUIT_ACK_WAIT):
+            while session.unacked:
+                await session.ack_wait.park()
         session.peer.close("Goodbye.", "quit")
         return None
