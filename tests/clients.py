@@ -147,12 +147,27 @@ async def raw_websocket(port: int, *, receive_buffer: int | None = None) -> trio
     return stream
 
 
-def ws_text(payload: bytes, *, opcode: int = 0x1, mask: bytes = b"\0\0\0\0") -> bytes:
-    """A masked client frame, text unless told (the default zero mask leaves the payload as is)."""
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\0\0\0\0",
+                 masked: bool = True, rsv: int = 0) -> bytes:
+    """A client frame built by hand, independently of the server's code (the default zero mask leaves
+    the payload as it is)."""
     n = len(payload)
-    head = bytes((0x80 | opcode, 0x80 | n)) if n < 126 else bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if any(mask) else payload
-    return head + mask + masked
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((first, mask_bit | n))
+    elif n < 65536:
+        head = bytes((first, mask_bit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_text(payload: bytes, *, mask: bytes = b"\0\0\0\0") -> bytes:
+    """A masked client text frame."""
+    return client_frame(0x1, payload, mask=mask)
 
 
 class ServerFrames:

@@ -30,7 +30,7 @@ from utuvox.protocol.schema import REQUEST_TYPES
 from utuvox.protocol.text_codec import COMMANDS
 from utuvox.server.app import Server
 
-from .clients import JsonLines, TextLines, WsJson, raw_websocket, ws_text
+from .clients import JsonLines, TextLines, WsJson, client_frame, raw_websocket, ws_text
 from .conftest import login_json, open_ws, running_server
 
 TIMEOUT = 5
@@ -342,7 +342,7 @@ async def test_a_frame_trickled_byte_by_byte_is_cut_off(tmp_path: Path) -> None:
         # Over WebSocket: the first fragment of a message, and never the last one.
         ws = await raw_websocket(srv.ws_port)
         await ws.send_all(ws_text(b'{"type": "register", "username": "wsslow", "password": "pw"}'))
-        await ws.send_all(b"\x01\x84\0\0\0\0" + b'{"ty')  # a text frame without FIN: more to come
+        await ws.send_all(client_frame(0x1, b'{"ty', fin=False))  # the first fragment: more to come
         received = b""
         with trio.fail_after(10):
             while b"took longer than 1 s to arrive" not in received:

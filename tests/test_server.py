@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from .clients import JsonLines, ServerFrames, raw_websocket, ws_text
+from .clients import JsonLines, ServerFrames, client_frame, raw_websocket, ws_text
 from .conftest import login_json, open_ws, running_server
 
 
@@ -297,7 +297,7 @@ async def test_a_websocket_client_may_pipeline_many_messages_in_one_write(server
     count = 1000
     burst = [ws_text(json.dumps({"type": "message", "id": i, "text": f"m{i}"}).encode(), mask=mask)
              for i in range(count)]
-    burst.insert(count // 2, ws_text(b"are you there", opcode=0x9, mask=mask))
+    burst.insert(count // 2, client_frame(0x9, b"are you there", mask=mask))
     await ws.send_all(b"".join(burst))
 
     acked: list[int] = []

@@ -16,25 +16,9 @@ from hypothesis import strategies as st
 
 from utuvox.server import websocket as ws
 
-from .clients import ServerFrames, raw_websocket, ws_text
+from .clients import ServerFrames, client_frame, raw_websocket, ws_text
 
 MAX = 4096
-
-
-def client_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04",
-                 masked: bool = True, rsv: int = 0) -> bytes:
-    """A client frame built here, independently of the server's code."""
-    n = len(payload)
-    first = (0x80 if fin else 0) | rsv << 4 | opcode
-    if n < 126:
-        head = bytes((first, (0x80 if masked else 0) | n))
-    elif n < 65536:
-        head = bytes((first, (0x80 if masked else 0) | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((first, (0x80 if masked else 0) | 127)) + n.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def read_all(data: bytes, chunk_sizes: list[int]) -> list[tuple[int, str | bytes]]:

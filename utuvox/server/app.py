@@ -189,20 +189,29 @@ class Server:
         return Goodbye(reason=f"Too many connections from your address (at most "
                               f"{self.settings.max_connections_per_address}).", code="limit_reached")
 
-    async def _on_tcp(self, chat: Chat, stream: trio.SocketStream) -> None:
+    def _tune(self, stream: trio.SocketStream) -> str:
+        """Set up an accepted TCP connection (no Nagle delay, keepalives); its peer's address."""
         s = self.settings
         with contextlib.suppress(OSError):
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         tune_socket(stream, s.keepalive_interval, s.keepalive_timeout)
-        address = _address(stream.socket)
+        return _address(stream.socket)
+
+    async def _secure(self, stream: trio.SocketStream) -> trio.abc.Stream | None:
+        """The stream to speak on: the connection itself, or with TLS on, the connection after a
+        completed TLS handshake (``None`` if there was none). The handshake comes before anything else
+        is read: text mode, JSON and WebSocket are told apart by what is said inside."""
+        if self.tls is None:
+            return stream
+        return await handshake(stream, self.tls, self.settings.handshake_timeout)
+
+    async def _on_tcp(self, chat: Chat, stream: trio.SocketStream) -> None:
+        s = self.settings
+        address = self._tune(stream)
         with self._admit(address) as admitted:
-            channel: trio.abc.Stream = stream
-            if self.tls is not None:
-                # The handshake comes first: text mode and JSON are told apart by what is said inside.
-                wrapped = await handshake(stream, self.tls, s.handshake_timeout)
-                if wrapped is None:
-                    return
-                channel = wrapped
+            channel = await self._secure(stream)
+            if channel is None:
+                return
             # JSON clients speak first with '{'; people wait for a welcome. Silence or anything else is text.
             first = b""
             with trio.move_on_after(s.detect_timeout):
@@ -227,17 +236,11 @@ class Server:
 
     async def _on_websocket(self, chat: Chat, stream: trio.SocketStream) -> None:
         s = self.settings
-        with contextlib.suppress(OSError):
-            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        tune_socket(stream, s.keepalive_interval, s.keepalive_timeout)
-        address = _address(stream.socket)
+        address = self._tune(stream)
         with self._admit(address) as admitted:
-            channel: trio.abc.Stream = stream
-            if self.tls is not None:
-                wrapped = await handshake(stream, self.tls, s.handshake_timeout)
-                if wrapped is None:
-                    return
-                channel = wrapped
+            channel = await self._secure(stream)
+            if channel is None:
+                return
             leftover = await self._upgrade(channel)
             if leftover is None:
                 return

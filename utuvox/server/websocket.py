@@ -29,7 +29,7 @@ MAX_HEAD = 16 * 1024  # bytes of HTTP request head a client may send
 
 # Close codes (RFC 6455 section 7.4.1).
 NORMAL, GOING_AWAY, PROTOCOL_ERROR, INVALID_DATA, POLICY, TOO_BIG = 1000, 1001, 1002, 1007, 1008, 1009
-_SENDABLE_CODES = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
+_VALID_CLOSE_CODES = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
 
 
 # --- the opening handshake ------------------------------------------------------------------------
@@ -278,4 +278,4 @@ def close_code(payload: bytes) -> int:
         payload[2:].decode()
     except UnicodeDecodeError:
         return INVALID_DATA
-    return code if code in _SENDABLE_CODES else PROTOCOL_ERROR
+    return code if code in _VALID_CLOSE_CODES else PROTOCOL_ERROR
