@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import socket
 
 import pytest
@@ -263,3 +264,43 @@ def test_unmasking_gives_back_the_payload_at_every_size(size: int) -> None:
     payload, key = os.urandom(size), os.urandom(4)
     masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     assert ws.unmask(masked, key) == payload
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=30))
+def test_any_bytes_give_frames_or_a_protocol_error_and_nothing_else(chunks: list[bytes]) -> None:
+    reader = ws.FrameReader(max_message=MAX)
+    try:
+        for chunk in chunks:
+            reader.feed(chunk)
+            while (item := reader.next()) is not None:
+                opcode, payload = item
+                assert opcode in (ws.TEXT, ws.BINARY, ws.PING, ws.PONG, ws.CLOSE)
+                assert isinstance(payload, str if opcode == ws.TEXT else bytes)
+    except ws.WebSocketError as exc:
+        assert exc.code in (ws.PROTOCOL_ERROR, ws.INVALID_DATA, ws.TOO_BIG)
+    assert reader.pending_bytes >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_request_head_gets_an_answer_or_a_wait_for_more(data: bytes) -> None:
+    answer = ws.HandshakeReader().feed(data)
+    if answer is not None:
+        assert answer.response.startswith(b"HTTP/1.1 ")
+        assert answer.accepted == answer.response.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_garbage_after_the_upgrade_ends_only_that_connection(server, connect_json) -> None:
+    rng = random.Random(6455)
+    for _ in range(20):
+        stream = await raw_websocket(server.ws_port)
+        garbage = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+        await stream.send_all(garbage)
+        await stream.send_eof()
+        with trio.fail_after(5):  # the server ends the connection (with a close frame, or at our end of input)
+            while await stream.receive_some(65536):
+                pass
+        await stream.aclose()
+    client = await connect_json()
+    assert (await client.request("ping"))["type"] == "pong"
