@@ -262,6 +262,26 @@ def count_mark(conn: Conn, buf: bytearray, n: int) -> int:
     return found
 
 
+def probe_times(conn: Conn, data: bytes | bytearray) -> list[int]:
+    """The send times (``monotonic_ns``) that latency probes carry after the marker (``~@<id>~<ns>~``),
+    in a stream read piece by piece; ``conn.buf`` carries an unfinished probe to the next read."""
+    buf = conn.buf + data if conn.buf else data
+    times = []
+    pos = 0
+    while True:
+        at = buf.find(MARK, pos)
+        if at < 0:
+            conn.buf = bytes(buf[-1:]) if buf[-1:] == MARK[:1] else b""
+            return times
+        sep = buf.find(b"~", at + 2)
+        end = buf.find(b"~", sep + 1) if sep >= 0 else -1
+        if end < 0:
+            conn.buf = bytes(buf[at:])
+            return times
+        times.append(int(buf[sep + 1:end]))
+        pos = end + 1
+
+
 def count_pattern(conn: Conn, data: bytes, pattern: bytes) -> int:
     """Count ``pattern`` in a stream read piece by piece; ``conn.tail`` carries the last few bytes."""
     k = len(pattern) - 1

@@ -29,7 +29,9 @@ from ..clients import (
     BlockingClient,
     Conn,
     Loop,
+    count_pattern,
     make_dialect,
+    probe_times,
     send_now,
     service,
     setup_steps,
@@ -130,25 +132,13 @@ def _measure(loop: Loop, clients: list[Conn], t0: float, cfg: dict[str, Any]) ->
             if not got:
                 closed += 1
                 continue
-            buf = c.buf + rbuf[:got] if c.buf else bytes(rbuf[:got])
+            data = rbuf[:got]
             if c is first:
-                flood_seen += buf.count(FLOOD_MARK)
-            pos = 0
-            while True:
-                at = buf.find(MARK, pos)
-                if at < 0:
-                    c.buf = buf[-1:] if buf[-1:] == MARK[:1] else b""
-                    break
-                sep = buf.find(b"~", at + 2)
-                end = buf.find(b"~", sep + 1) if sep >= 0 else -1
-                if end < 0:
-                    c.buf = buf[at:]
-                    break
-                sent_ns = int(buf[sep + 1:end])
+                flood_seen += count_pattern(c, data, FLOOD_MARK)
+            for sent_ns in probe_times(c, data):
                 for phase, (a, b) in enumerate(bounds_ns):
                     if a <= sent_ns < b:
                         samples[phase].append((arrived - sent_ns) / 1e6)
-                pos = end + 1
     return {"quiet": samples[0].tobytes(), "flood": samples[1].tobytes(), "sent": sent, "closed": closed,
             "flood_seen": flood_seen}
 

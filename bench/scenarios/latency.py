@@ -26,6 +26,7 @@ from ..clients import (
     _open,
     flush,
     make_dialect,
+    probe_times,
     send_now,
     service,
     setup_steps,
@@ -196,24 +197,10 @@ def _run(loop: Loop, sender: Conn, receivers: list[Conn], storm: LoginStorm | No
                 if ERROR_FRAME in rbuf[:n]:
                     errors += 1
                 continue
-            data = rbuf[:n]
-            buf = c.buf + data if c.buf else data
-            pos = 0
-            while True:
-                at = buf.find(MARK, pos)
-                if at < 0:
-                    c.buf = buf[-1:] if buf[-1:] == MARK[:1] else b""
-                    break
-                sep = buf.find(b"~", at + 2)
-                end = buf.find(b"~", sep + 1) if sep >= 0 else -1
-                if end < 0:
-                    c.buf = buf[at:]
-                    break
-                sent_ns = int(buf[sep + 1:end])
+            for sent_ns in probe_times(c, rbuf[:n]):
                 if sent_ns >= measure_from_ns:
                     samples.append((arrived - sent_ns) / 1e6)
                     received += 1
-                pos = end + 1
         if storm is not None and not storm.stopping:
             storm.top_up()
     result: dict[str, Any] = {

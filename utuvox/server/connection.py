@@ -50,6 +50,14 @@ def _socket_fd(stream: object) -> int | None:
     return fd if fd >= 0 else None
 
 
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    """The next bytes from the peer: ``b""`` once it is gone, whether it closed, reset or broke."""
+    try:
+        return await stream.receive_some(65536)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return b""
+
+
 class LineConnection:
     """Newline-framed JSON or text over a byte stream (TCP, Unix socket).
 
@@ -123,10 +131,7 @@ class LineConnection:
                     raise self._too_large()
             if self._eof:
                 return None
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                data = b""
+            data = await _receive(self.stream)
             if not data:
                 self._eof = True
                 if self._pieces and not self._discarding:
@@ -227,10 +232,7 @@ class WebSocketConnection:
                     self._pong = None
                 if self._eof:
                     return None
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    data = b""
+                data = await _receive(self.stream)
                 if not data:
                     self._eof = True
                     return None
