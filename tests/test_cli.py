@@ -4,10 +4,7 @@ shutdown on SIGTERM and SIGINT, and every acknowledged message kept across SIGKI
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,31 +12,13 @@ import trio
 
 from .clients import JsonLines, TextLines
 from .conftest import login_json, open_ws
-
-STARTUP = re.compile(rb"Server started on 127\.0\.0\.1:(\d+)\nWebSocket server started on ws://127\.0\.0\.1:(\d+)\n"
-                     rb"Admin key: (\S+)\n")
+from .processes import serve, stop
 
 
 async def start_server(data_dir: Path, *extra: str) -> tuple[trio.Process, int, int, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )
-    assert proc.stdout is not None
-    out = b""
-    with trio.fail_after(20):
-        while not (match := STARTUP.search(out)):
-            chunk = await proc.stdout.receive_some(4096)
-            assert chunk, f"server exited early: {out!r}"
-            out += chunk
-    return proc, int(match[1]), int(match[2]), match[3].decode()
-
-
-async def stop(proc: trio.Process, sig: int = signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    with trio.fail_after(15):
-        return await proc.wait()
+    serving = await serve(data_dir, *extra)
+    assert not serving.tls  # the plain startup lines, word for word (processes.STARTUP)
+    return serving.proc, serving.port, serving.ws_port, serving.admin_key
 
 
 async def test_serve_prints_its_ports_and_serves_every_transport(tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -30,34 +28,8 @@ from utuvox.store.migrations import SCHEMA_VERSION
 
 from .clients import JsonLines
 from .conftest import login_json, running_server
+from .processes import serve, stop
 from .test_files import begin, room_of, send_chunks, upload
-
-STARTUP = re.compile(rb"Server started on 127\.0\.0\.1:(\d+)( \(TLS\))?\nWebSocket server started on wss?://"
-                     rb"127\.0\.0\.1:(\d+)\n")
-
-
-async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None,
-                tls: bool = False) -> tuple[trio.Process, int, int]:
-    """``utuvox serve`` as a user runs it; returns once it has printed its ports."""
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir),
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    assert proc.stdout is not None
-    out = b""
-    with trio.fail_after(20):
-        while not (match := STARTUP.search(out)):
-            chunk = await proc.stdout.receive_some(4096)
-            assert chunk, f"server exited early: {out!r}"
-            out += chunk
-    assert bool(match[2]) == tls, out
-    return proc, int(match[1]), int(match[3])
-
-
-async def stop(proc: trio.Process, sig: int = signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    with trio.fail_after(15):
-        return await proc.wait()
 
 
 async def whole_history(client: JsonLines, room: str) -> list[dict[str, Any]]:
@@ -92,7 +64,7 @@ def check_acknowledged(acked: dict[int, list[tuple[int, int]]], events: list[dic
 
 
 async def test_sigterm_while_clients_pipeline_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    proc, port, _ = await serve(tmp_path)
+    proc, port = (await serve(tmp_path))[:2]
     acked: dict[int, list[tuple[int, int]]] = {i: [] for i in range(4)}
     goodbyes: list[str] = []
     try:
@@ -130,7 +102,7 @@ async def test_sigterm_while_clients_pipeline_loses_nothing_acknowledged(tmp_pat
         if proc.returncode is None:
             proc.kill()
 
-    proc, port, _ = await serve(tmp_path)
+    proc, port = (await serve(tmp_path))[:2]
     try:
         c = await JsonLines.connect(port)
         await login_json(c, "user0", register=False)

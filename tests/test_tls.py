@@ -25,7 +25,7 @@ from utuvox.server.tls import TlsConfigError, server_context
 
 from .clients import JsonLines, TextLines, WsJson
 from .conftest import login_json, running_server
-from .test_faults import serve, stop
+from .processes import serve, stop
 
 
 @pytest.fixture
@@ -181,15 +181,16 @@ async def test_terminal_client_and_bots_take_a_ca(tmp_path: Path, pems: dict[str
 
 async def test_serve_with_tls_flags_and_environment(tmp_path: Path, pems: dict[str, Path],
                                                     ca: trustme.CA) -> None:
-    proc, port, _ = await serve(tmp_path / "a", "--tls-cert", str(pems["cert"]), "--tls-key", str(pems["key"]),
-                                tls=True)
+    proc, port, _, _, tls = await serve(tmp_path / "a", "--tls-cert", str(pems["cert"]), "--tls-key", str(pems["key"]))
+    assert tls
     try:
         js = JsonLines(await open_tls(port, ca))  # type: ignore[arg-type]
         assert (await js.request("ping"))["type"] == "pong"
     finally:
         assert await stop(proc) == 0
     env = {"UTUVOX_TLS_CERT": str(pems["cert"]), "UTUVOX_TLS_KEY": str(pems["key"])}
-    proc, _, ws_port = await serve(tmp_path / "b", env=env, tls=True)
+    proc, _, ws_port, _, tls = await serve(tmp_path / "b", env=env)
+    assert tls
     try:
         async with trio_websocket.open_websocket_url(f"wss://127.0.0.1:{ws_port}",
                                                      ssl_context=client_context(ca)) as raw:

@@ -1,0 +1,50 @@
+"""``utuvox serve`` run as a user runs it: a real process, its ports read from its startup lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import trio
+
+# The startup lines, a contract: exactly these three lines, " (TLS)" and wss:// only with TLS on.
+STARTUP = re.compile(rb"Server started on 127\.0\.0\.1:(\d+)( \(TLS\))?\nWebSocket server started on (wss?)://"
+                     rb"127\.0\.0\.1:(\d+)\nAdmin key: (\S+)\n")
+
+
+class Serving(NamedTuple):
+    proc: trio.Process
+    port: int
+    ws_port: int
+    admin_key: str
+    tls: bool
+
+
+async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serving:
+    """Start the server on ports 0 in ``data_dir``; returns once it has printed its startup lines."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir),
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    assert proc.stdout is not None
+    out = b""
+    with trio.fail_after(20):
+        while not (match := STARTUP.search(out)):
+            chunk = await proc.stdout.receive_some(4096)
+            assert chunk, f"server exited early: {out!r}"
+            out += chunk
+    tls = bool(match[2])
+    assert tls == (match[3] == b"wss"), out
+    return Serving(proc, int(match[1]), int(match[4]), match[5].decode(), tls)
+
+
+async def stop(proc: trio.Process, sig: int = signal.SIGTERM) -> int:
+    """Signal the server and return its exit status."""
+    proc.send_signal(sig)
+    with trio.fail_after(15):
+        return await proc.wait()
