@@ -37,6 +37,8 @@ from typing import Any
 import trio
 import trio_websocket
 
+from .harness import cpu_model
+
 try:
     import pybase64 as b64
 except ImportError:  # pragma: no cover
@@ -354,13 +356,7 @@ def make_file(directory: Path, size: int) -> tuple[Path, str]:
 
 
 def machine() -> str:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} cores ({model or platform.processor() or 'unknown CPU'}), Linux {platform.release()}, " \
+    return f"{os.cpu_count()} cores ({cpu_model()}), Linux {platform.release()}, " \
            f"Python {platform.python_version()}, base64: {b64.__name__}"
 
 

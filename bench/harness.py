@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import platform
 import re
 import resource
 import shutil
@@ -333,13 +334,16 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[index]
 
 
-def machine_summary() -> str:
-    model = "unknown CPU"
+def cpu_model() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    model = cpu_model()
     mem = ""
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         kib = int(f.readline().split()[1])
