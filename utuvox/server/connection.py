@@ -191,6 +191,7 @@ class WebSocketConnection:
         self._control: Callable[[bytes], bool] | None = None
         self._eof = False
         self._close_sent = False
+        self._close_code = ws.NORMAL
         self._pong: bytes | None = None  # the payload of a ping still to answer
         self.ping_sent: float | None = None  # when an unanswered ping went out (the watchdog's)
         if initial:
@@ -211,6 +212,7 @@ class WebSocketConnection:
     def _close(self, code: int, reason: str = "") -> None:
         if not self._close_sent:
             # If the outbox is closing already, aclose sends the close frame after what is queued.
+            self._close_code = code
             self._close_sent = self._send_control(ws.close_frame(code, reason))
 
     @property
@@ -270,7 +272,7 @@ class WebSocketConnection:
         ):
             if not self._close_sent:
                 self._close_sent = True
-                await self.stream.send_all(ws.close_frame(ws.NORMAL))
+                await self.stream.send_all(ws.close_frame(self._close_code))
             while not self._eof:
                 try:
                     item = self._reader.next()
