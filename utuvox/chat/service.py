@@ -31,7 +31,6 @@ from .session import Identity, Session
 from .wire import Wire
 
 log = logging.getLogger("utuvox.chat")
-QUIT_ACK_WAIT = 5.0  # seconds a quit waits for the commits of the messages sent before it
 
 Handler = Callable[[Session, Any], Awaitable[Reply | None]]
 
@@ -114,6 +113,17 @@ class Chat:
 
     def sessions_of(self, username: str) -> list[Session]:
         return list(self.by_user.get(username.lower(), ()))
+
+    async def settle_user(self, session: Session) -> None:
+        """Wait until the messages the session's user has sent so far, from any of its sessions, are
+        committed and delivered: what that user says next then reaches every receiver after them.
+        (The session's own earlier writes are settled already: the session loop sees to that.)"""
+        if session.user is None:
+            return
+        marks = [(other, other.writes_started) for other in self.sessions_of(session.user.name)
+                 if other.unacked]
+        for other, upto in marks:
+            await other.settle(upto)
 
     # --- dispatch -------------------------------------------------------------------------------
 
@@ -352,8 +362,8 @@ class Chat:
             raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
         # Back-pressure first (a pipelining sender may only get so far ahead of the disk), then number
         # and queue the event with no await in between, so sequence numbers reach the store in order.
-        while session.unacked >= self.config.max_unacked:
-            await session.ack_wait.park()
+        if session.unacked >= self.config.max_unacked:
+            await session.settle(below=self.config.max_unacked)
         if self.store.backlogged:
             await self.store.wait_for_room()
         if room.deleted:  # while this session waited above
@@ -361,11 +371,9 @@ class Chat:
         seq = room.take_seq()
         event = p.MessageEvent(ts=utc_now(), room=room.name, seq=seq, user=me.name, text=req.text)
         peer = session.peer
-        session.unacked += 1
+        session.write_started()
 
         def acknowledged(error: BaseException | None) -> None:
-            session.unacked -= 1
-            session.ack_wait.unpark()
             if error is None:
                 self.messages_sent += 1
                 peer.acknowledge(req, room.name, seq)
@@ -373,6 +381,7 @@ class Chat:
                 log.error("message not stored in %s: %s", room.name, error)
                 peer.send(p.Error(re=req.id, code=Code.STORAGE, message="The server could not store that message."),
                           req)
+            session.write_settled()
 
         self.record(room, event, acknowledged)
         return None
@@ -389,6 +398,7 @@ class Chat:
             raise ProtocolError(Code.USER_OFFLINE, f"User '{req.to}' is not online.")
         wire = Wire(p.PrivateMessage(user=me.name, to=targets[0].user.name if targets[0].user else req.to,
                                      text=req.text))
+        await self.settle_user(session)
         for target in targets:
             target.peer.deliver(wire)
         return p.Ok(re=req.id)
@@ -449,10 +459,7 @@ class Chat:
         return p.Pong(re=req.id)
 
     async def _quit(self, session: Session, req: p.Quit) -> None:
-        # Messages sent just before the quit are still being committed: acknowledge them before the
-        # goodbye, so that a client that says something and leaves knows it was stored.
-        with trio.move_on_after(QUIT_ACK_WAIT):
-            while session.unacked:
-                await session.ack_wait.park()
+        # Like every request, a quit is handled once the messages sent before it are answered, so a client
+        # that says something and leaves knows it was stored.
         session.peer.close("Goodbye.", "quit")
         return None

@@ -62,9 +62,32 @@ class Session:
     rooms: list[str] = field(default_factory=list)
     # On the admin socket: the OS user who connected (from SO_PEERCRED).
     operator: str | None = None
-    # Messages queued for commit but not yet acknowledged, and where to wait when there are too many.
-    unacked: int = 0
-    ack_wait: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
+    # Pipelined writes (messages) handed to the store, and how many of them have been answered (committed
+    # and acknowledged, or failed). Both only grow, so "everything written so far" is a number to wait for.
+    writes_started: int = 0
+    writes_settled: int = 0
+    _settle_wait: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, repr=False)
+
+    @property
+    def unacked(self) -> int:
+        """Writes queued for commit and not answered yet."""
+        return self.writes_started - self.writes_settled
+
+    def write_started(self) -> None:
+        self.writes_started += 1
+
+    def write_settled(self) -> None:
+        """A write was committed and answered (or failed and said so). The store answers a session's
+        writes in the order they were queued."""
+        self.writes_settled += 1
+        self._settle_wait.unpark_all()
+
+    async def settle(self, upto: int | None = None, *, below: int = 1) -> None:
+        """Wait until the writes started so far (or the first ``upto``) are answered; with ``below``,
+        only until fewer than that many are outstanding (back-pressure for a pipelining sender)."""
+        target = self.writes_started if upto is None else upto
+        while target - self.writes_settled >= below:
+            await self._settle_wait.park()
 
     @property
     def current_room(self) -> str | None:

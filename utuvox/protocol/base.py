@@ -42,6 +42,10 @@ class Request(Frame):
     admin_only: ClassVar[bool] = False
     # Requests allowed before login.
     anonymous: ClassVar[bool] = False
+    # Requests answered once their write is committed, so a run of them is pipelined and committed as
+    # a group. Every other request waits for the session's pipelined writes before it is handled, so a
+    # session's replies keep its request order and its reads see its own writes (the session loop).
+    pipelined: ClassVar[bool] = False
 
 
 class Reply(Frame):

@@ -58,6 +58,7 @@ class Leave(Request):
 
 class Message(Request):
     type: Literal["message"] = "message"
+    pipelined: ClassVar[bool] = True
     text: Text
     room: Name | None = None
 

@@ -189,7 +189,8 @@ class WebSocketConnection:
         # is not speaking this protocol in good faith and the connection is closed (1009).
         self._reader = ws.FrameReader(max_message=max_frame * 4)
         self._control: Callable[[bytes], bool] | None = None
-        self._eof = False
+        self._eof = False  # no more frames will be read: the peer is gone, closed, or broke the protocol
+        self._broken = False  # the peer broke the protocol: what it still sends cannot be parsed
         self._close_sent = False
         self._close_code = ws.NORMAL
         self._pong: bytes | None = None  # the payload of a ping still to answer
@@ -226,7 +227,7 @@ class WebSocketConnection:
                 item = reader.next()
             except ws.WebSocketError as exc:
                 self._close(exc.code, exc.reason)
-                self._eof = True
+                self._eof = self._broken = True
                 return None
             if item is None:
                 if self._pong is not None:
@@ -242,6 +243,11 @@ class WebSocketConnection:
                 continue
             opcode, payload = item
             if opcode <= ws.BINARY:
+                if self._pong is not None:
+                    # A ping that came before this message (between its fragments, say) is answered
+                    # before the message's reply (RFC 6455 5.5.2: as soon as practical, in order).
+                    self._send_control(ws.frame(ws.PONG, self._pong))
+                    self._pong = None
                 if len(payload) > self._max:
                     raise ProtocolError(Code.FRAME_TOO_LARGE, f"Frame larger than {self._max} bytes; discarded.")
                 return payload
@@ -273,6 +279,12 @@ class WebSocketConnection:
             if not self._close_sent:
                 self._close_sent = True
                 await self.stream.send_all(ws.close_frame(self._close_code))
+            if self._broken:
+                # Frames can no longer be parsed, but unread input at close would make the kernel reset
+                # the connection, and a reset can destroy the close frame before the peer reads it: read
+                # and drop until the peer closes (as the line transport does).
+                while await self.stream.receive_some(65536):
+                    pass
             while not self._eof:
                 try:
                     item = self._reader.next()

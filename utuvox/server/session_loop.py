@@ -1,6 +1,12 @@
 """One loop serves every session, whatever the transport: read a frame, decode it with the session's
 codec, hand it to the chat layer, queue the answer. A reader task and the outbox's writer task run side
-by side; when either ends, the session ends."""
+by side; when either ends, the session ends.
+
+One session, one order: a pipelined request (a room message) is answered when its commit is done, while
+the loop goes on reading; any other request, and any error, waits until the session's pipelined writes
+before it are answered. So the replies and echoes a session's requests cause go out in request order,
+a session's reads see its own writes, and a run of messages is still committed as a group.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import trio
 from utuvox.chat.limits import SessionLimiter, monotonic
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session
-from utuvox.protocol import Code, ProtocolError, json_codec, text_codec
+from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, text_codec
 from utuvox.protocol.core import Error, Notice
 
 from .connection import Connection
@@ -21,6 +27,7 @@ from .outbox import Codec, Flusher, Outbox
 
 log = logging.getLogger("utuvox.server")
 
+SETTLE_AT_EOF = 5.0  # seconds a session whose peer stopped sending waits for its last commits' answers
 WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /login <username> <password> "
            "to sign in, /help for all commands.")
 
@@ -48,7 +55,11 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
             nursery.start_soon(writer)
             await _read_loop(chat, session, conn, codec, outbox, limiter)
             # The reader is done: the peer closed its side, or the session is closing (quit, ban).
-            # Either way the writer flushes what is queued, then ends the nursery.
+            # A peer that only stopped writing (``printf ... | nc``) still gets the answers to what it
+            # sent; then the writer flushes what is queued and ends the nursery.
+            if not outbox.closing:
+                with trio.move_on_after(SETTLE_AT_EOF):
+                    await session.settle()
             outbox.finish()
             with trio.move_on_after(2):
                 await trio.sleep_forever()
@@ -72,6 +83,13 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
         log.info("connection %d (%s) ended: %s", session.id, who, reason)
 
 
+async def _answer(session: Session, outbox: Outbox, reply: Reply, request: Request | None = None) -> None:
+    """Queue a reply after the answers to the session's earlier writes (request order)."""
+    if session.unacked:
+        await session.settle()
+    outbox.send(reply, request)
+
+
 async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Codec, outbox: Outbox,
                      limiter: SessionLimiter | None) -> None:
     requests = limiter.requests if limiter is not None else None
@@ -82,7 +100,7 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
         try:
             frame = await conn.receive()
         except ProtocolError as exc:
-            outbox.send(Error(code=exc.code, message=exc.message))
+            await _answer(session, outbox, Error(code=exc.code, message=exc.message))
             continue
         if frame is None:
             return
@@ -99,12 +117,16 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
         except ProtocolError as exc:
             if wait:
                 exc = _refused(chat, session, limiter, wait, exc.re)
-            outbox.send(Error(re=exc.re, code=exc.code, message=exc.message, retry_after=exc.retry_after))
+            await _answer(session, outbox, Error(re=exc.re, code=exc.code, message=exc.message,
+                                                 retry_after=exc.retry_after))
             continue
         if wait:
             exc = _refused(chat, session, limiter, wait, request.id)
-            outbox.send(Error(re=exc.re, code=exc.code, message=exc.message, retry_after=exc.retry_after), request)
+            await _answer(session, outbox, Error(re=exc.re, code=exc.code, message=exc.message,
+                                                 retry_after=exc.retry_after), request)
             continue
+        if session.unacked and not request.pipelined:
+            await session.settle()
         try:
             reply = await chat.handle(session, request)
         except ProtocolError as exc:
@@ -113,7 +135,7 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
             log.exception("internal error handling %s", request.type)
             reply = Error(re=request.id, code=Code.INTERNAL, message="Internal server error.")
         if reply is not None:
-            outbox.send(reply, request)
+            await _answer(session, outbox, reply, request)
 
 
 def _refused(chat: Chat, session: Session, limiter: SessionLimiter | None, wait: float,
