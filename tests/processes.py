@@ -12,9 +12,11 @@ from typing import NamedTuple
 
 import trio
 
-# The startup lines, a contract: exactly these three lines, " (TLS)" and wss:// only with TLS on.
+# The startup lines, a contract: exactly these lines, " (TLS)" and wss:// only with TLS on. The third,
+# "Admin key: <key>", comes only on the start that creates the key (ADMIN_KEY_LINE).
 STARTUP = re.compile(rb"Server started on 127\.0\.0\.1:(\d+)( \(TLS\))?\nWebSocket server started on (wss?)://"
-                     rb"127\.0\.0\.1:(\d+)\nAdmin key: (\S+)\n")
+                     rb"127\.0\.0\.1:(\d+)\n")
+ADMIN_KEY_LINE = re.compile(rb"Admin key: (\S+)\n")
 
 
 class Serving(NamedTuple):
@@ -26,7 +28,9 @@ class Serving(NamedTuple):
 
 
 async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serving:
-    """Start the server on ports 0 in ``data_dir``; returns once it has printed its startup lines."""
+    """Start the server on ports 0 in ``data_dir``; returns once it has printed its startup lines (with
+    the admin key when this start creates it)."""
+    first_start = not (data_dir / "admin_key.txt").exists()
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir),
          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -40,7 +44,15 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             out += chunk
     tls = bool(match[2])
     assert tls == (match[3] == b"wss"), out
-    return Serving(proc, int(match[1]), int(match[4]), match[5].decode(), tls)
+    key = (data_dir / "admin_key.txt").read_text().strip()  # written before the listeners start
+    if first_start:
+        with trio.fail_after(20):
+            while not (line := ADMIN_KEY_LINE.match(out, match.end())):
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, f"server exited early: {out!r}"
+                out += chunk
+        assert line[1].decode() == key
+    return Serving(proc, int(match[1]), int(match[4]), key, tls)
 
 
 async def stop(proc: trio.Process, sig: int = signal.SIGTERM) -> int:

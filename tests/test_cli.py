@@ -4,15 +4,25 @@ shutdown on SIGTERM and SIGINT, and every acknowledged message kept across SIGKI
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import trio
+from pydantic import ValidationError
+
+from utuvox.protocol.schema import CLIENT_FRAME, REQUEST_TYPES, SERVER_FRAME
 
 from .clients import JsonLines, TextLines
 from .conftest import login_json, open_ws
 from .processes import serve, stop
+from .test_protocol_doc import examples
+
+UTUVOX = [sys.executable, "-m", "utuvox"]
 
 
 async def start_server(data_dir: Path, *extra: str) -> tuple[trio.Process, int, int, str]:
@@ -58,11 +68,76 @@ async def test_sigint_also_stops_cleanly(tmp_path: Path) -> None:
     assert await stop(proc, signal.SIGINT) == 0
 
 
-async def test_schema_command_prints_json_schema() -> None:
-    result = await trio.run_process([sys.executable, "-m", "utuvox", "schema"], capture_stdout=True)
-    schema = json.loads(result.stdout)
-    assert "client_frame" in schema and "server_frame" in schema
-    assert '"register"' in result.stdout.decode()
+async def test_schema_is_a_json_schema_of_exactly_the_frames_of_each_side() -> None:
+    client = json.loads((await trio.run_process([*UTUVOX, "schema"], capture_stdout=True)).stdout)
+    server = json.loads((await trio.run_process([*UTUVOX, "schema", "--server"], capture_stdout=True)).stdout)
+    checkers = {}
+    for side, schema in (("client", client), ("server", server)):
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        jsonschema.Draft202012Validator.check_schema(schema)
+        checkers[side] = jsonschema.Draft202012Validator(schema)
+    adapters = {"client": CLIENT_FRAME, "server": SERVER_FRAME}
+    frames = examples()
+    assert len(frames) > 40
+    for frame in frames:
+        for side, checker in checkers.items():
+            try:
+                adapters[side].validate_python(json.loads(json.dumps(frame)))
+                valid = True
+            except ValidationError:
+                valid = False
+            # The schema and the server's own validation agree on every documented frame, both ways: a
+            # request is not a valid server frame and an event is not a valid client frame.
+            assert checker.is_valid(frame) == valid, (side, frame, list(checker.iter_errors(frame))[:1])
+    requests = {m.model_fields["type"].default for m in REQUEST_TYPES}
+    assert requests == {f["type"] for f in frames if checkers["client"].is_valid(f)}
+    for wrong in [{}, {"username": "bob", "password": "pw"}, {"type": "nonsense"},
+                  {"type": "join", "room": "general", "romo": "x"}, {"type": "join"}, {"type": "join", "room": 5}]:
+        assert not checkers["client"].is_valid(wrong), wrong
+    assert checkers["client"].is_valid({"type": "join", "id": 7, "room": "general"})
+
+
+def test_version_and_admin_key_commands(tmp_path: Path) -> None:
+    version = subprocess.run([*UTUVOX, "--version"], capture_output=True, text=True, check=True)
+    assert re.fullmatch(r"utuvox \d+\.\d+\.\d+\S*\n", version.stdout)
+    missing = subprocess.run([*UTUVOX, "admin-key", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert "no admin key in" in missing.stderr and "utuvox serve" in missing.stderr
+    (tmp_path / "admin_key.txt").write_text("k-123456789\n")
+    shown = subprocess.run([*UTUVOX, "admin-key"], capture_output=True, text=True, cwd=tmp_path)
+    assert (shown.returncode, shown.stdout) == (0, "k-123456789\n")
+
+
+async def test_the_admin_key_is_printed_only_when_it_is_created(tmp_path: Path) -> None:
+    first = await serve(tmp_path)  # processes.serve insists on the "Admin key: <key>" line here
+    assert await stop(first.proc) == 0
+    again = await serve(tmp_path)
+    try:
+        await stop(again.proc)
+        assert again.proc.stdout is not None
+        rest = await again.proc.stdout.receive_some(1 << 16)
+    finally:
+        if again.proc.returncode is None:
+            again.proc.kill()
+    assert again.admin_key == first.admin_key
+    assert b"Admin key" not in rest
+    shown = subprocess.run([*UTUVOX, "admin-key", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert shown.stdout.strip() == first.admin_key
+
+
+async def test_serve_on_a_port_in_use_names_it_and_creates_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags in (["--port", str(port), "--ws-port", "0"], ["--port", "0", "--ws-port", str(port)]):
+            result = await trio.run_process(
+                [*UTUVOX, "serve", "--data-dir", str(tmp_path / "data"), *flags],
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert result.returncode == 1
+            assert result.stderr.decode() == (f"utuvox: cannot listen on 127.0.0.1:{port}: the port is in use "
+                                              "(is another server running?)\n")
+            assert not (tmp_path / "data").exists()
 
 
 async def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:

@@ -1,11 +1,16 @@
 """``utuvox serve`` runs the server; ``utuvox schema`` prints the protocol's JSON Schema;
-``utuvox client`` runs the terminal client."""
+``utuvox client`` runs the terminal client; ``utuvox admin-key`` shows the admin key.
+
+Exit status: 0 done, 1 failed (a port in use, a damaged database, no server), 2 bad usage (a flag, a URL).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +38,12 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert, "tls_key": args.tls_key,
     }.items() if v is not None}
     settings = Settings(**overrides)
+    busy = _port_in_use(settings.host, [settings.port, settings.ws_port])
+    if busy:
+        # Before anything is made: a second server started by mistake leaves no data directory behind.
+        print(f"utuvox: cannot listen on {busy}: the port is in use (is another server running?)",
+              file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=settings.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,10 +75,49 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_in_use(host: str, ports: list[int]) -> str | None:
+    """``host:port`` of the first of ``ports`` that cannot be bound now (as the listeners bind: with
+    SO_REUSEADDR), or ``None``. Port 0 is always free."""
+    for port in ports:
+        if port == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror:
+            return None  # the listeners will say what is wrong with the host
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        return f"{host}:{port}"
+    return None
+
+
 def _schema(args: argparse.Namespace) -> int:
     from utuvox.protocol.schema import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    print(json.dumps(json_schema(server=args.server), indent=2))
+    return 0
+
+
+def _admin_key(args: argparse.Namespace) -> int:
+    from utuvox.server.settings import Settings
+
+    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir is not None else {}))
+    path = settings.admin_key_path
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        print(f"utuvox: no admin key in {settings.data_dir}: `utuvox serve` creates {path.name} on its first start",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"utuvox: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(key)
     return 0
 
 
@@ -77,8 +127,18 @@ def _client(args: argparse.Namespace) -> int:
     return terminal_main(args.url, args.downloads, args.ca)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("utuvox")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utuvox", description="UtuVox chat server")
+    parser.add_argument("--version", action="version", version=f"utuvox {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the server")
@@ -93,8 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     serve.set_defaults(func=_serve)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the protocol")
+    schema = sub.add_parser("schema", help="print the JSON Schema of the protocol (JSON Schema 2020-12)")
+    schema.add_argument("--server", action="store_true",
+                        help="the schema of what the server sends (default: of what a client sends)")
     schema.set_defaults(func=_schema)
+
+    key = sub.add_parser("admin-key", help="print the admin key (the key /register takes for an admin)")
+    key.add_argument("--data-dir", type=Path, help="data directory (default: the current directory)")
+    key.set_defaults(func=_admin_key)
 
     client = sub.add_parser("client", help="run the terminal client")
     client.add_argument("--url", default="tcp://127.0.0.1:9090",

@@ -15,6 +15,7 @@ class AdminKey:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._key = ""
+        self.created = False  # whether load_or_create made the key (the one time it is shown)
 
     def load_or_create(self) -> str:
         """Read the key, or make one on first run. Synchronous: called once at startup."""
@@ -23,6 +24,7 @@ class AdminKey:
         if not self._key:
             self._key = secrets.token_urlsafe(24)
             self._write(self._key)
+            self.created = True
         return self._key
 
     def _write(self, key: str) -> None:

@@ -47,11 +47,23 @@ REQUESTS_BY_TYPE: dict[str, type[Request]] = {_type_name(m): m for m in REQUEST_
 SERVER_BY_TYPE: dict[str, type[Reply | Event]] = {_type_name(m): m for m in [*REPLY_TYPES, *EVENT_TYPES]}
 
 
-def json_schema() -> dict[str, Any]:
+def json_schema(*, server: bool = False) -> dict[str, Any]:
+    """A JSON Schema (2020-12) whose root validates exactly the frames a client may send (``server``: the
+    frames the server sends). Printed by ``utuvox schema``; every ``$ref`` points into its ``$defs``."""
+    adapter = SERVER_FRAME if server else CLIENT_FRAME
+    body = adapter.json_schema(ref_template="#/$defs/{model}")
+    for definition in body.get("$defs", {}).values():
+        # ``type`` has a default in the models (so they can be built without it), but on the wire a frame
+        # without its type is nothing: the schema requires it, as the server does.
+        if "const" in definition.get("properties", {}).get("type", {}):
+            required = definition.setdefault("required", [])
+            if "type" not in required:
+                required.insert(0, "type")
+    side = "server frames: replies (with 're') and events" if server else "client frames: requests"
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "UtuVox protocol",
-        "description": "Client frames are requests; server frames are replies (with 're') and events.",
-        "client_frame": CLIENT_FRAME.json_schema(),
-        "server_frame": SERVER_FRAME.json_schema(),
+        "title": f"UtuVox protocol, {'server' if server else 'client'} frames",
+        "description": f"One JSON object per frame; these are the {side}. `utuvox schema "
+                       f"{'' if server else '--server'}` prints the other side.".replace("  ", " "),
+        **body,
     }

@@ -126,7 +126,11 @@ class Server:
                     tls = " (TLS)" if self.tls is not None else ""
                     self.announce(f"Server started on {s.host}:{self.tcp_port}{tls}")
                     self.announce(f"WebSocket server started on {'wss' if tls else 'ws'}://{s.host}:{self.ws_port}")
-                    self.announce(f"Admin key: {key}")
+                    if self.admin_key.created:
+                        # Shown once, when made: a key printed at every start ends up in every log of stdout.
+                        self.announce(f"Admin key: {key}")
+                    else:
+                        log.info("admin key in %s (utuvox admin-key shows it)", self.admin_key.path)
                     log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
                     if self.tune_gc:
                         # Everything made so far lives as long as the server: keep the garbage collector
