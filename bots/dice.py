@@ -2,13 +2,15 @@
 
     UTUVOX_BOT_PASSWORD=... python -m bots.dice --user dice --register --room games
 
-Each user gets one command per ``--cooldown`` seconds (default 3); a command inside the cooldown gets
-one reminder, then silence until the cooldown is over, so nobody can make the bot flood a room.
+Each user gets one command per ``--cooldown`` seconds (default 3). A command inside the cooldown is
+answered privately, to its sender alone, with when to try again, so nobody can make the bot flood a room
+and nobody is left wondering why it is silent.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import re
 import sys
@@ -50,27 +52,21 @@ def roll(spec: str, rng: random.Random) -> str:
 
 @dataclass
 class Cooldown:
-    """One command per ``seconds`` per user; the first command inside the window earns a reminder."""
+    """One command per ``seconds`` per user."""
 
     seconds: float
     clock: Callable[[], float] = trio.current_time
     _last: dict[str, float] = field(default_factory=dict)
-    _warned: set[str] = field(default_factory=set)
 
     def check(self, user: str) -> tuple[bool, float]:
-        """(allowed, seconds left); when not allowed, ``seconds left`` is negative if already reminded."""
+        """(allowed, seconds left before the next command is allowed)."""
         key = user.lower()
         now = self.clock()
         last = self._last.get(key)
         if last is None or now - last >= self.seconds:
             self._last[key] = now
-            self._warned.discard(key)
             return True, 0.0
-        left = self.seconds - (now - last)
-        if key in self._warned:
-            return False, -left
-        self._warned.add(key)
-        return False, left
+        return False, self.seconds - (now - last)
 
 
 def answer(text: str, user: str, rng: random.Random) -> str | None:
@@ -101,9 +97,8 @@ async def handle(client: Client, args: argparse.Namespace) -> None:
             continue
         allowed, left = cooldown.check(event.user)
         if not allowed:
-            if left > 0:
-                await runner.say(client, f"{event.user}: easy, one command every {args.cooldown:g} s "
-                                         f"(wait {left:.0f} s).", room=event.room)
+            await runner.say(client, f"Easy: one command every {args.cooldown:g} s. Try again in "
+                                     f"{math.ceil(left)} s.", to=event.user)
             continue
         await runner.say(client, reply, room=event.room)
 

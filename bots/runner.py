@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from utuvox.client import Client, UtuVoxError, connect
-from utuvox.protocol.core import Joined
+from utuvox.protocol.core import Goodbye, Joined
 
 log = logging.getLogger("bots")
 
@@ -105,11 +105,12 @@ class KnownBots:
 
 
 async def run(args: argparse.Namespace, handler: Handler, *, join: bool = True,
-              task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+              task_status: Any = trio.TASK_STATUS_IGNORED) -> Goodbye | None:
     """Connect, sign in, join ``args.rooms`` (unless ``join=False``: the handler joins them itself), then
     hand over to ``handler`` until it returns. ``task_status.started(client)`` comes once the bot is
-    in its rooms, for tests and for programs that run several bots in one process."""
-    async with connect(args.url, reconnect=True, ca=getattr(args, "ca", None)) as client:
+    in its rooms, for tests and for programs that run several bots in one process. Returns the server's
+    goodbye if it ended the bot (a kick, a ban)."""
+    async with connect(args.url, reconnect=True, ca=getattr(args, "ca", None), on_state=_log_state) as client:
         await client.sign_in(args.user, args.password, register=args.register, bot=True)
         if join:
             for room in args.rooms:
@@ -117,14 +118,28 @@ async def run(args: argparse.Namespace, handler: Handler, *, join: bool = True,
         log.info("%s is up on %s in %s", client.user, client.url, ", ".join(client.rooms) or "no room")
         task_status.started(client)
         await handler(client, args)
+    return client.goodbye
+
+
+def _log_state(state: str, detail: str) -> None:
+    """An operator reading a bot's log sees the connection come and go."""
+    if state == "disconnected":
+        log.warning("connection lost (%s); reconnecting", detail)
+    elif state == "reconnected":
+        log.info("reconnected to %s, logged in again and back in its rooms", detail)
+    elif state == "closed":
+        log.info("connection closed (%s)", detail)
 
 
 def main(args: argparse.Namespace, handler: Handler, *, join: bool = True) -> int:
-    """Run a bot from the command line; Ctrl-C stops it."""
+    """Run a bot from the command line; Ctrl-C stops it (exit 0). A kick or a ban ends it with exit 1."""
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        trio.run(lambda: run(args, handler, join=join))
+        goodbye = trio.run(lambda: run(args, handler, join=join))
+        if goodbye is not None and goodbye.code != "quit":
+            log.error("disconnected by the server (%s): %s", goodbye.code, goodbye.reason)
+            return 1
     except KeyboardInterrupt:
         return 0
     except UtuVoxError as exc:

@@ -116,9 +116,10 @@ def test_dice_cooldown_is_per_user() -> None:
     cooldown = dice.Cooldown(5, clock=lambda: now[0])
     assert cooldown.check("amy") == (True, 0.0)
     assert cooldown.check("bob") == (True, 0.0)
-    assert cooldown.check("Amy") == (False, 5.0)  # one reminder...
-    assert cooldown.check("amy")[0] is False and cooldown.check("amy")[1] < 0  # ...then silence
-    now[0] += 5
+    now[0] += 1.5
+    assert cooldown.check("Amy") == (False, 3.5)  # how long to wait, each time
+    assert cooldown.check("amy") == (False, 3.5)
+    now[0] += 3.5
     assert cooldown.check("amy") == (True, 0.0)
 
 
@@ -141,14 +142,17 @@ async def test_dice_bot_as_a_subprocess_over_tcp(server: Server) -> None:
             m = re.fullmatch(r"amy rolled 2d6: (\d) \+ (\d) = (\d+)", rolled.text)
             assert m and int(m.group(1)) + int(m.group(2)) == int(m.group(3))
 
-            await amy.message("!roll 2d6")  # inside amy's cooldown
-            await amy.message("!time")  # still inside: silence after the one reminder
+            await amy.message("!roll 2d6")  # inside amy's cooldown: told privately when to try again...
+            await amy.message("!time")  # ...each time
             await ben.message("!time")  # ben has his own cooldown
             answers = []
             while not answers or not answers[-1].startswith("ben"):
-                answers.append((await next_of(amy, p.MessageEvent, said_by("dice"))).text)
-            assert answers[0].startswith("amy: easy, one command every 600 s (wait ")
-            assert len(answers) == 2 and re.fullmatch(r"ben: it is \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", answers[1])
+                event = await next_of(amy, p.MessageEvent | p.PrivateMessage, said_by("dice"))
+                answers.append(("private " if isinstance(event, p.PrivateMessage) else "") + event.text)
+            assert len(answers) == 3, answers
+            for reminder in answers[:2]:
+                assert re.fullmatch(r"private Easy: one command every 600 s\. Try again in (600|5\d\d) s\.", reminder)
+            assert re.fullmatch(r"ben: it is \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", answers[2])
         finally:
             process.send_signal(signal.SIGINT)
             with trio.fail_after(TIMEOUT):
@@ -171,9 +175,9 @@ def test_bots_want_credentials(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
 # --- greeter ------------------------------------------------------------------------------------
 
 
-async def test_greeter_welcomes_whoever_joins(server: Server) -> None:
+async def test_greeter_welcomes_whoever_joins(server: Server, tmp_path: Path) -> None:
     argv = ["--url", tcp(server), "--user", "greeter", "--password", "pw", "--register", "--room", "hall",
-            "--room", "patio"]
+            "--room", "patio", "--state", str(tmp_path / "greeted.json")]
     async with running_bot(greeter, argv) as bot:
         assert bot.rooms == ("hall", "patio")  # created, since they did not exist
         async with connect(tcp(server)) as cat:
@@ -191,6 +195,18 @@ async def test_greeter_welcomes_whoever_joins(server: Server) -> None:
                 await dan.join("hall")  # ...so the next welcome is dan's
                 welcome = await next_of(cat, p.MessageEvent, said_by("greeter"))
                 assert welcome.text == "Welcome to hall, dan! Type /help for the commands."
+    assert json.loads((tmp_path / "greeted.json").read_text()) == {"greeted": {"hall": ["cat", "dan"],
+                                                                               "patio": ["cat"]}}
+    # The bot stopped; started again, it remembers: cat coming back is not welcomed again, eve is.
+    async with running_bot(greeter, argv), connect(tcp(server)) as cat, connect(tcp(server)) as eve:
+        await cat.login("cat", "pw")
+        await eve.register("eve", "pw")
+        await cat.join("hall")
+        await cat.leave("hall")
+        await cat.join("hall")
+        await eve.join("hall")
+        welcome = await next_of(cat, p.MessageEvent, said_by("greeter"))
+        assert welcome.text == "Welcome to hall, eve! Type /help for the commands."
 
 
 # --- archiver -----------------------------------------------------------------------------------

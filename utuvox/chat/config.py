@@ -18,5 +18,7 @@ class ChatConfig:
     argon2_memory_kib: int = 19 * 1024
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
+    # After a start, how long a member of a room at the last stop may take to come back silently (rejoin.py).
+    rejoin_grace: float = 60.0
     hash_threads: int = 2  # concurrent hashes; each takes argon2_memory_kib of RAM
     limits: LimitsConfig = field(default_factory=LimitsConfig)  # rates, caps, the login throttle

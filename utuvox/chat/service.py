@@ -26,6 +26,7 @@ from .bus import Bus
 from .config import ChatConfig
 from .limits import Limits
 from .passwords import Passwords
+from .rejoin import Rejoins
 from .rooms import Room
 from .session import Identity, Session
 from .wire import Wire
@@ -48,6 +49,9 @@ class Chat:
         self.by_user: dict[str, dict[Session, None]] = {}
         self.started_at = datetime.now(UTC)
         self.messages_sent = 0
+        # Set when the server shuts down: the sessions it closes are not people leaving (see rejoin.py).
+        self.stopping = False
+        self.rejoins = Rejoins(config.rejoin_grace)
         self.handlers: dict[str, Handler] = {
             "register": self._register,
             "login": self._login,
@@ -77,6 +81,27 @@ class Chat:
         for record in await self.store.list_rooms():
             last = await self.store.last_seq(record.id)
             self.rooms[record.name.lower()] = Room(record.id, record.name, last + 1, self.config.recent_cache)
+        self.rejoins.started(self.rooms.values())
+
+    async def close_rejoins(self) -> None:
+        """Once the rejoin grace is over, store the leave of whoever was in a room at the last stop and has
+        not come back (the server runs this in the background)."""
+        await self.rejoins.wait_closed()
+        await self.ensure_loaded_all()
+        for room in list(self.rooms.values()):
+            for name in self.rejoins.absentees(room):
+                if room.deleted or self.user_in_room(room, name):
+                    continue
+                try:
+                    await self.record_and_wait(room, lambda seq, room=room, name=name: p.LeaveEvent(
+                        room=room.name, seq=seq, user=name))
+                except StoreError as exc:
+                    log.error("could not record %s leaving %s: %s", name, room.name, exc)
+        self.rejoins.forget()
+
+    async def ensure_loaded_all(self) -> None:
+        for room in list(self.rooms.values()):
+            await self.ensure_loaded(room)
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -93,7 +118,7 @@ class Chat:
         for room_name in list(session.rooms):
             room = self.rooms.get(room_name.lower())
             if room is not None:
-                await self._part(session, room)
+                await self._part(session, room, record=not self.stopping)
         session.rooms.clear()
         self._forget_user(session)
 
@@ -323,7 +348,7 @@ class Chat:
             session.rooms.append(room.name)  # already in: it becomes the current room
         else:
             await self.ensure_loaded(room)
-            if not self.user_in_room(room, me.name):
+            if not self.user_in_room(room, me.name) and not self.rejoins.is_resume(room, me.key):
                 await self.record_and_wait(
                     room, lambda seq: p.JoinEvent(room=room.name, seq=seq, user=me.name))
             if room.deleted:
@@ -334,12 +359,12 @@ class Chat:
         recent = list(room.recent)[-self.config.join_history:]
         return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.next_seq - 1)
 
-    async def _part(self, session: Session, room: Room) -> None:
+    async def _part(self, session: Session, room: Room, *, record: bool = True) -> None:
         self.bus.unsubscribe(room.key, session)
         if room.name in session.rooms:
             session.rooms.remove(room.name)
         me = session.user
-        if me is not None and not room.deleted and not self.user_in_room(room, me.name):
+        if record and me is not None and not room.deleted and not self.user_in_room(room, me.name):
             try:
                 await self.record_and_wait(room, lambda seq: p.LeaveEvent(room=room.name, seq=seq, user=me.name))
             except StoreError as exc:

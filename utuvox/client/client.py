@@ -80,6 +80,8 @@ class Client:
         self._changed = trio.Event()  # set (and replaced) whenever the link comes or goes
         self._closing = False
         self._failure: UtuVoxError | None = None
+        # The server's goodbye that ended the client for good (a kick, a ban, the answer to quit), if any.
+        self.goodbye: p.Goodbye | None = None
         self._run_scope = trio.CancelScope()
         # Unbounded: the reader must never wait on the application, or replies would stall behind
         # events nobody reads yet. An application that never reads events should not join rooms.
@@ -355,6 +357,8 @@ class Client:
                     await link.transport.aclose()
                 first = False
                 final = link.goodbye is not None and link.goodbye.code in FINAL_GOODBYES
+                if final:
+                    self.goodbye = link.goodbye
                 if self._closing or not self.reconnect or final:
                     break
                 self._notify("disconnected", link.reason)

@@ -120,6 +120,7 @@ class Server:
             self.admin = admin.install(chat)
             services.start_soon(self.admin.sample_rates)
             await chat.start()
+            services.start_soon(chat.close_rejoins)
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
                     await self._listen(listeners, sessions, chat)
@@ -146,6 +147,7 @@ class Server:
             services.cancel_scope.cancel()
 
     async def _say_goodbye(self, chat: Chat, sessions: trio.Nursery) -> None:
+        chat.stopping = True  # a restart is not everyone leaving: no leave is stored for these sessions
         for session in list(chat.sessions.values()):
             session.peer.close("Server shutting down.", "shutdown")
         with trio.move_on_after(self.settings.shutdown_grace):

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     send_queue_frames: int = Field(10_000, ge=16, description="frames queued for one client before it is cut off")
     detect_timeout: float = Field(0.5, gt=0, description="how long to wait for a first byte to tell JSON from text")
     shutdown_grace: float = Field(2.0, ge=0, description="seconds to flush goodbyes on shutdown")
+    rejoin_grace: float = Field(60.0, ge=0, description="seconds after a start in which the members of a room at "
+                                "the last stop come back without a join being stored")
 
     # rates (token buckets: a steady rate per second and a burst), per connection and per user; the defaults
     # never slow the benchmarks (docs/SECURITY.md gives values for a public server)
@@ -133,6 +135,7 @@ class Settings(BaseSettings):
     def chat_config(self) -> ChatConfig:
         return ChatConfig(
             max_message_chars=self.max_message_chars,
+            rejoin_grace=self.rejoin_grace,
             argon2_memory_kib=self.argon2_memory_kib,
             argon2_time_cost=self.argon2_time_cost,
             argon2_parallelism=self.argon2_parallelism,
