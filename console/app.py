@@ -45,7 +45,7 @@ USERS, ROOMS, SESSIONS, SERVER = "Users", "Rooms", "Sessions", "Server"
 NAMES_TTL = 5.0  # seconds a list of names asked from the server serves tab completion
 HISTORY_FILE = "~/.utuvox_console_history"
 PIPE_WIDTH = 400  # columns tables may take when the output is not a terminal
-ADMIN_ACTIONS = ["connect", "delete_room", "add_user", "edit_user", "view_room_history", "ban_user", "unban_user",
+ADMIN_ACTIONS = ["delete_room", "add_user", "edit_user", "view_room_history", "ban_user", "unban_user",
                  "change_admin_key", "kick", "announce", "tail", "register_admin"]
 
 
@@ -103,7 +103,8 @@ def actor_choices(app: Console) -> Choices:
 def _parser(description: str, *, json_flag: bool = False) -> Cmd2ArgumentParser:
     parser = Cmd2ArgumentParser(description=description)
     if json_flag:
-        parser.add_argument("-j", "--json", action="store_true", help="print the server's answer as one JSON line")
+        parser.add_argument("-j", "--json", action="store_true",
+                            help="print the data as one JSON line (the list itself, for a listing)")
     return parser
 
 
@@ -166,7 +167,8 @@ who_parser = _parser("Who is connected now: user, transport, address, rooms, con
 
 kick_parser = _parser("Disconnect a user's sessions, or one session (#ID, as listed by who).")
 kick_parser.add_argument("target", choices_provider=online_choices, help="a user name, or #ID for one session")
-kick_parser.add_argument("-r", "--reason", nargs="+", help="why (shown to them)")
+kick_parser.add_argument("reason", nargs="*", help="why (shown to them)")
+kick_parser.add_argument("-r", "--reason", dest="reason_flag", nargs="+", help=argparse.SUPPRESS)  # the older form
 
 stats_parser = _parser("Server statistics: connections, rooms, messages and bytes per second, uptime.", json_flag=True)
 
@@ -177,7 +179,9 @@ admin_log_parser.add_argument("--action", choices_provider=action_choices, help=
 admin_log_parser.add_argument("--since", type=parse_since, help="only since then: 30m, 2h, 1d or an ISO time (UTC)")
 admin_log_parser.add_argument("-n", "--limit", type=int, default=50, help="how many entries, newest (default 50)")
 
-reconnect_parser = _parser("Connect to the server again (after a restart).")
+reconnect_parser = _parser("Connect to the server again (after a restart; the next command also does it by "
+                           "itself).")
+exit_parser = _parser("Leave the console.")
 
 
 class Console(cmd2.Cmd):
@@ -292,12 +296,33 @@ class Console(cmd2.Cmd):
         """Ask the server; the reply, or ``None`` once the failure is said."""
         if request is None:
             return None
+        for attempt in (1, 2):
+            try:
+                return self.link.request(request, response)
+            except ServerError as exc:
+                self.fail(f"Error: {exc.message} [{exc.code}]")
+            except Disconnected as exc:
+                # The server restarted (or went away) since the last command: connect again, once, by
+                # ourselves. Only a request that never reached the server is sent again.
+                if attempt == 1 and not exc.sent and self._connect_again() is None:
+                    self._notify(f"Reconnected to {self.socket_path}.")
+                    continue
+                self.fail(f"Not connected to the server ({exc}). Type 'reconnect' to try again.")
+            return None
+        return None
+
+    def _connect_again(self) -> str | None:
+        """A new connection to the server: ``None``, or why there is none."""
+        self._closing = True
+        self.link.close()
+        self.link = self._new_link()
+        self._closing = False
+        self._names.clear()
         try:
-            return self.link.request(request, response)
-        except ServerError as exc:
-            self.fail(f"Error: {exc.message} [{exc.code}]")
-        except Disconnected as exc:
-            self.fail(f"Not connected to the server ({exc}). Type 'reconnect' to try again.")
+            self.link.connect()
+        except OSError as exc:
+            return str(exc.strerror or exc)
+        self.prompt = self._prompt(connected=True)
         return None
 
     def say(self, reply: Reply, request: Request) -> None:
@@ -316,7 +341,10 @@ class Console(cmd2.Cmd):
     def listing(self, args: argparse.Namespace, reply: Reply, view: Callable[[Any], RenderableType],
                 empty: str, count: int) -> None:
         if getattr(args, "json", False):
-            self.poutput(json.dumps(reply.to_wire()))
+            data = {k: v for k, v in reply.to_wire().items() if k not in ("type", "re")}
+            lists = [v for v in data.values() if isinstance(v, list)]
+            # A listing is its list (users, rooms, sessions, events, entries); anything else its fields.
+            self.poutput(json.dumps(lists[0] if len(lists) == 1 else data))
         elif count:
             self.show(view(reply))
         else:
@@ -516,7 +544,7 @@ class Console(cmd2.Cmd):
     @with_argparser(kick_parser)
     def do_kick(self, args: argparse.Namespace) -> None:
         """Disconnect a user's sessions, or one session (#ID)."""
-        reason = " ".join(args.reason) if args.reason else None
+        reason = " ".join(args.reason or args.reason_flag or []) or None
         target: str = args.target
         if target.startswith("#"):
             if not target[1:].isdigit():
@@ -550,18 +578,23 @@ class Console(cmd2.Cmd):
     @with_argparser(reconnect_parser)
     def do_reconnect(self, args: argparse.Namespace) -> None:
         """Connect to the server again."""
-        self._closing = True
-        self.link.close()
-        self.link = self._new_link()
-        self._closing = False
-        self._names.clear()
-        try:
-            self.link.connect()
-        except OSError as exc:
-            self.fail(f"Cannot connect to {self.socket_path}: {exc.strerror or exc}")
-            return
-        self.prompt = self._prompt(connected=True)
-        self.poutput(f"Connected to {self.socket_path}.")
+        error = self._connect_again()
+        if error is None:
+            self.poutput(f"Connected to {self.socket_path}.")
+        else:
+            self.fail(f"Cannot connect to {self.socket_path}: {error}")
+
+
+    def do__eof(self, _statement: Any) -> bool:
+        """Ctrl-D, or the end of piped input: leave. Only a terminal gets a new line (after the prompt)."""
+        if self.interactive:
+            self.poutput()
+        return True
+
+    @with_argparser(exit_parser)
+    def do_exit(self, _args: argparse.Namespace) -> bool:
+        """Leave the console (as quit and Ctrl-D do)."""
+        return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -592,6 +625,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands += [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
     interactive = not commands and sys.stdin.isatty() and sys.stdout.isatty()
     socket_path = args.socket or default_socket()
+    if socket_path.is_dir():
+        hint = socket_path / "admin.sock"
+        print(f"utuvox-console: {socket_path} is a directory, not the admin socket"
+              + (f"; did you mean {hint}?" if hint.exists() else "; give the socket itself (DATA_DIR/admin.sock)."),
+              file=sys.stderr)
+        return 2
     app = Console(socket_path, interactive=interactive,
                   history_file=os.path.expanduser(HISTORY_FILE) if interactive else "")
     try:

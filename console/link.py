@@ -35,7 +35,12 @@ class ServerError(Exception):
 
 
 class Disconnected(Exception):
-    """There is no connection to the server (any more)."""
+    """There is no connection to the server (any more). ``sent``: whether the request had been sent (and
+    may have been carried out) before the connection was found gone."""
+
+    def __init__(self, reason: str, *, sent: bool = False) -> None:
+        super().__init__(reason)
+        self.sent = sent
 
 
 class _Slot:
@@ -100,15 +105,15 @@ class AdminLink:
             # Short waits, so that Ctrl-C in the main thread is seen at once.
             while not slot.done.wait(0.1):
                 if self.closed:
-                    raise Disconnected(self.close_reason)
+                    raise Disconnected(self.close_reason, sent=True)
                 if time.monotonic() > deadline:
-                    raise Disconnected(f"no answer from the server in {timeout:.0f} s")
+                    raise Disconnected(f"no answer from the server in {timeout:.0f} s", sent=True)
         finally:
             with self._lock:
                 self._pending.pop(rid, None)
         reply = slot.reply
         if reply is None:
-            raise Disconnected(self.close_reason)
+            raise Disconnected(self.close_reason, sent=True)
         if isinstance(reply, Error):
             raise ServerError(reply.code, reply.message)
         if response is not None and not isinstance(reply, response):

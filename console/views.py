@@ -52,11 +52,16 @@ def sessions(reply: a.SessionList, now: datetime | None = None) -> Table:
             return s.user + (" (admin)" if s.is_admin else "")
         return f"console:{s.operator}" if s.operator else "(not logged in)"
 
-    return table(
+    out = table(
         ["ID", "User", "Transport", "Address", "Rooms", "Connected since (UTC)", "For"],
         ([s.id, who(s), s.transport + (" tail" if s.tailing else ""), s.address, ", ".join(s.rooms),
           when(s.connected_at), duration((now - s.connected_at).total_seconds())] for s in reply.sessions),
     )
+    # An address cut short loses its port, the part an operator looks for: the other columns fold instead.
+    address = out.columns[3]
+    address.no_wrap = True
+    address.min_width = max((len(clean(s.address)) for s in reply.sessions), default=7)
+    return out
 
 
 def _event_row(event: Any) -> list[Any]:

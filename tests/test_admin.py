@@ -113,11 +113,10 @@ async def test_operator_needs_no_login_and_the_os_user_is_logged(server) -> None
 
     rows = await admin_rows(server)
     me = f"console:{getpass.getuser()}"
+    # Connecting is no admin action (a scripted console run would fill the log): what is done is recorded.
     assert [(r.actor, r.via, r.action, r.target, r.outcome) for r in rows] == [
-        (me, "admin", "connect", None, "ok"),
         (me, "admin", "add_user", "alice", "ok"),
     ]
-    assert "uid" in rows[0].detail
 
 
 # --- refusals -------------------------------------------------------------------------------------

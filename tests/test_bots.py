@@ -24,7 +24,13 @@ from bots import archiver, dice, echo, greeter, runner
 from utuvox.client import Client, connect
 from utuvox.protocol import core as p
 from utuvox.protocol import text_codec
+from utuvox.protocol.admin import Kick
 from utuvox.server.app import Server
+
+from .conftest import FAST_HASH
+from .processes import serve, stop
+
+FAST = {f"UTUVOX_{k.upper()}": str(v) for k, v in FAST_HASH.items()}
 
 TIMEOUT = 10
 REPO = Path(__file__).resolve().parent.parent
@@ -284,3 +290,43 @@ async def test_the_fifteen_line_bot_of_the_docs_works(server: Server) -> None:
             await user.message("!shout hello")
             assert (await next_of(user, p.MessageEvent, said_by("shouty"))).text == "HELLO!"
             nursery.cancel_scope.cancel()
+
+
+# --- a bot's life, as its operator sees it ---------------------------------------------------------
+
+
+async def test_a_bot_logs_reconnects_and_exits_1_when_kicked(tmp_path: Path) -> None:
+    first = await serve(tmp_path, env=FAST)
+    ports = ["--port", str(first.port), "--ws-port", str(first.ws_port)]
+    url = f"tcp://127.0.0.1:{first.port}"
+    env = {**os.environ, "UTUVOX_BOT_USER": "echo", "UTUVOX_BOT_PASSWORD": "pw"}
+    bot = await trio.lowlevel.open_process([sys.executable, "-m", "bots.echo", "--url", url, "--register"],
+                                           env=env, cwd=REPO, stderr=subprocess.PIPE)
+    assert bot.stderr is not None
+    log = b""
+
+    async def read_until(fragment: bytes) -> None:
+        nonlocal log
+        with trio.fail_after(TIMEOUT):
+            while fragment not in log:
+                chunk = await bot.stderr.receive_some(4096)
+                assert chunk, log
+                log += chunk
+
+    server = first.proc
+    try:
+        await read_until(b"is up on")
+        await stop(server)
+        await read_until(b"connection lost (Server shutting down.); reconnecting")
+        server = (await serve(tmp_path, *ports, env=FAST)).proc
+        await read_until(b"reconnected to " + url.encode())
+        async with connect(url) as root:
+            await root.register("root", "pw", admin_key=first.admin_key)
+            await root.request(Kick(username="echo", reason="enough"))
+        await read_until(b"disconnected by the server (kicked)")
+        with trio.fail_after(TIMEOUT):
+            assert await bot.wait() == 1
+    finally:
+        if bot.returncode is None:
+            bot.kill()
+        await stop(server)

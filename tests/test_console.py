@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import trio
 
-from .conftest import login_json, open_ws, running_server
+from utuvox.client import connect
+
+from .conftest import FAST_HASH, login_json, open_ws, running_server
+from .processes import serve, stop
+from .pty import Pty
+
+FAST = {f"UTUVOX_{k.upper()}": str(v) for k, v in FAST_HASH.items()}
 
 CONSOLE = str(Path(sys.executable).with_name("utuvox-console"))
 
@@ -64,9 +71,10 @@ async def test_a_failed_command_stops_the_run_with_status_1(server) -> None:
 async def test_piped_commands_and_script_files(server, tmp_path: Path) -> None:
     result = await console(server, stdin=b"add_user carol pw\nview_users --json\nwho\n")
     assert result.returncode == 0, result.stderr
-    users = json.loads(next(line for line in out(result).splitlines() if line.startswith("{")))
-    assert [u["name"] for u in users["users"]] == ["carol"]
+    users = json.loads(next(line for line in out(result).splitlines() if line.startswith("[{")))
+    assert [u["name"] for u in users] == ["carol"]  # -j: the data itself, not the frame around it
     assert "console:" + getpass.getuser() in out(result)
+    assert not out(result).endswith("\n\n")  # no blank line at the end of piped input
 
     result = await console(server, stdin=b"unban_user nobody\nadd_user dave pw\n")
     assert result.returncode == 1
@@ -123,7 +131,7 @@ async def test_who_kick_announce_and_admin_log(server, connect_json) -> None:
     bob = await connect_json()
     await login_json(bob, "bob")
     await bob.request("create", room="general")
-    result = await console(server, "who", "announce -r general tea is ready", "kick bob -r go home")
+    result = await console(server, "who", "announce -r general tea is ready", "kick bob go home")
     assert result.returncode == 0, result.stderr
     text = out(result)
     who_row = next(line for line in text.splitlines() if " bob " in line)
@@ -131,7 +139,8 @@ async def test_who_kick_announce_and_admin_log(server, connect_json) -> None:
     assert "Announcement sent to room 'general'." in text
     assert "User 'bob' kicked (1 session)." in text
     assert (await bob.recv_until(lambda f: f.get("type") == "announce"))["text"] == "tea is ready"
-    assert (await bob.recv_until(lambda f: f["type"] == "bye"))["code"] == "kicked"
+    bye = await bob.recv_until(lambda f: f["type"] == "bye")
+    assert bye["code"] == "kicked" and "go home" in bye["reason"]
 
     log = await console(server, "admin_log --action kick", "admin_log --since 1h --admin nobody")
     assert log.returncode == 0
@@ -180,3 +189,52 @@ async def test_console_change_admin_key(tmp_path: Path) -> None:
         assert (tmp_path / "admin_key.txt").read_text().strip() == "my-own-key-42"
         rows = await server.store.admin_log(action="change_admin_key")
         assert len(rows) == 2 and all("my-own-key-42" not in str(r) for r in rows)
+
+
+async def test_console_at_a_terminal_reconnects_by_itself_and_exit_leaves(tmp_path: Path) -> None:
+    first = await serve(tmp_path, env=FAST)
+    proc = first.proc
+    console_pty = Pty([CONSOLE, "--socket", str(tmp_path / "admin.sock")], cwd=tmp_path, columns=80)
+    try:
+        await console_pty.expect("(console:")
+        async with connect(f"tcp://127.0.0.1:{first.port}") as bob:
+            await bob.sign_in("bob", "pw", register=True)
+            await bob.create("general")
+            await console_pty.line("who")
+            # 80 columns: an address keeps its port on one line, however the other columns fold.
+            await console_pty.expect(re.compile(r"127\.0\.0\.1:\d+"))
+            row = next(line for line in console_pty.seen[console_pty.mark:].splitlines() if " bob " in line)
+            assert re.search(r"127\.0\.0\.1:\d+ ", row), row
+            assert all(len(line) <= 80 for line in console_pty.seen[console_pty.mark:].splitlines())
+        await stop(proc)
+        await console_pty.expect("(disconnected)>")
+        proc = (await serve(tmp_path, "--port", str(first.port), "--ws-port", str(first.ws_port), env=FAST)).proc
+        await console_pty.line("rooms")  # the next command connects again by itself
+        await console_pty.expect("Reconnected to")
+        await console_pty.expect(re.compile(r"general\s+0"))
+        await console_pty.line("unban_user bob")
+        await console_pty.expect("Error: User 'bob' is not banned. [bad_request]")
+        await console_pty.line("exit")
+        assert await console_pty.wait() == 0
+    finally:
+        console_pty.close()
+        await stop(proc)
+
+
+async def test_scripted_runs_leave_no_connect_rows(server) -> None:
+    for _ in range(3):
+        assert (await console(server, "who")).returncode == 0
+    result = await console(server, "admin_log -j")
+    assert json.loads(out(result)) == []
+    refused = await console(server, "add_user zed pw", "unban_user zed")
+    assert refused.returncode == 1 and "Error: User 'zed' is not banned. [bad_request]" in refused.stderr.decode()
+    rows = json.loads(out(await console(server, "admin_log -j")))
+    assert [(r["action"], r["outcome"] == "ok") for r in rows] == [("add_user", True), ("unban_user", False)]
+
+
+async def test_a_directory_for_a_socket_is_named(tmp_path: Path) -> None:
+    result = await trio.run_process([CONSOLE, "--socket", str(tmp_path), "-c", "who"], capture_stdout=True,
+                                    capture_stderr=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.decode() == (f"utuvox-console: {tmp_path} is a directory, not the admin socket; give the "
+                                      "socket itself (DATA_DIR/admin.sock).\n")

@@ -156,9 +156,10 @@ class Administration:
             log.error("could not write the admin log (%s by %s): %s", action, actor, exc)
 
     async def operator_connected(self, operator: str, uid: int | None, pid: int | None) -> None:
-        """The admin socket accepted a connection from OS user ``operator``: that goes to the admin log."""
-        detail = f"uid {uid}, pid {pid}" if uid is not None else None
-        await self.record(f"console:{operator}", "admin", "connect", Audit(detail=detail), "ok")
+        """The admin socket accepted a connection from OS user ``operator``. That is no admin action: it
+        goes to the server's log, not to the admin log (a scripted ``utuvox-console -c`` run would fill it
+        with connections); what the operator then does is recorded, as ``console:<operator>``."""
+        log.info("admin socket: console:%s connected (uid %s, pid %s)", operator, uid, pid)
 
     def tell_operators(self, event: a.AdminAction, *, besides: Session | None = None) -> None:
         wire = Wire(event)
@@ -287,6 +288,8 @@ class Administration:
     async def _unban_user(self, session: Session, req: a.UnbanUser, audit: Audit) -> Reply:
         user = await self._user(req.username)
         audit.target = user.name
+        if not user.banned:
+            raise ProtocolError(Code.BAD_REQUEST, f"User '{user.name}' is not banned.")
         await self.chat.store.update_user(user.name, banned=False, ban_reason=None)
         return p.Ok(re=req.id)
 
