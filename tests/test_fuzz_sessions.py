@@ -242,7 +242,7 @@ async def test_look_alike_names_are_refused(server: Server, connect_json, connec
     text = await connect_text()
     await text.recv_line()
     await text.send("/register \u0430dmin pw")
-    assert "Error: username: Value error, names are 1 to 32 characters" in await text.recv_line()
+    assert "Error: Invalid username: names are 1 to 32 characters" in await text.recv_line()
 
 
 # --- terminal escapes -----------------------------------------------------------------------------

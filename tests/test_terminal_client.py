@@ -50,10 +50,15 @@ async def test_login_join_message_and_the_prompt(server: Server) -> None:
         assert text(shell.render_event(event)) == "zed: hello, lobby"
 
         # A refused request leaves the prompt as it was: it changes only on the server's word.
-        assert text(await shell.handle("/join nowhere")) == "Error: Room 'nowhere' does not exist."
+        assert text(await shell.handle("/join nowhere")) == ("Error: Room 'nowhere' does not exist. "
+                                                             "Create it with /create nowhere.")
         assert shell.prompt == "(zed@lobby)> "
         assert text(await shell.handle("/bogus")).startswith("Error: Unknown command: /bogus")
-        assert text(await shell.handle("/msg")).startswith("Error: Missing to.")
+        assert text(await shell.handle("/jion x")) == "Error: Unknown command: /jion. Did you mean /join?"
+        assert text(await shell.handle("/msg")) == "Error: Usage: /msg <user> <text>"
+        assert text(await shell.handle("/history lobby lots")) == ("Error: Limit must be a whole number. "
+                                                                   "Usage: /history [room] [n]")
+        assert text(await shell.handle("/create no/slash")).startswith("Error: Invalid room: names are 1 to 32")
 
         await shell.handle("/create patio")
         assert shell.prompt == "(zed@patio)> "

@@ -46,6 +46,7 @@ from utuvox.protocol import Code, ProtocolError, Reply
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 from utuvox.protocol.files import FileCode
+from utuvox.protocol.text_codec import size
 from utuvox.store import Conflict, FileRecord, StoreError
 
 from .rooms import Room
@@ -329,7 +330,7 @@ class FileService:
         self._check_member(session, room, "upload files to it")
         if req.size > cfg.max_upload_bytes:
             raise ProtocolError(FileCode.FILE_TOO_LARGE,
-                                f"File too large: {req.size} bytes; the limit is {cfg.max_upload_bytes} bytes.")
+                                f"File too large: {size(req.size)}; the limit is {size(cfg.max_upload_bytes)}.")
         mine = self.uploads.setdefault(session.id, {})
         if len(mine) >= cfg.max_uploads_per_session:
             raise ProtocolError(Code.LIMIT_REACHED, f"At most {cfg.max_uploads_per_session} uploads at once per "
@@ -625,14 +626,10 @@ class FileService:
             with trio.CancelScope(shield=True), contextlib.suppress(OSError):
                 await trio.to_thread.run_sync(file.close, limiter=self.io)
         if finished:
+            # A download is no room event: the room is not told, nor its history filled, each time
+            # someone reads a file. The server's log keeps it.
             self.downloads_done += 1
-            who = self.who(session)
-            try:
-                await self.chat.record_and_wait(room, lambda seq: p.FileEvent(
-                    room=room.name, seq=seq, user=who, action="download", name=record.name,
-                    original=record.original, size=record.size, sha256=record.sha256))
-            except StoreError as exc:
-                log.error("could not record the download of %s: %s", record.name, exc)
+            log.info("%s downloaded %s from %s", self.who(session), record.name, room.name)
 
     # --- list -----------------------------------------------------------------------------------
 

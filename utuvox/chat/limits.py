@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from utuvox.protocol import Code, ProtocolError, Reply
+from utuvox.protocol.text_codec import size as text_size
 
 from .session import Identity, Session
 
@@ -353,8 +354,9 @@ class UploadQuota:
         used = self._today().get(user, 0)
         if used + in_progress + size > limit:
             raise ProtocolError(Code.LIMIT_REACHED,
-                                f"Upload limit reached: at most {limit} bytes per user per day; {used} stored today"
-                                + (f" and {in_progress} in progress." if in_progress else "."))
+                                f"Upload limit reached: at most {text_size(limit)} per user per day; "
+                                f"{text_size(used)} stored today"
+                                + (f" and {text_size(in_progress)} in progress." if in_progress else "."))
 
     def add(self, user: str, size: int) -> None:
         used = self._today()

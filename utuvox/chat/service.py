@@ -177,7 +177,7 @@ class Chat:
     def room(self, name: str) -> Room:
         room = self.rooms.get(name.lower())
         if room is None:
-            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{name}' does not exist.")
+            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{name}' does not exist. Create it with /create {name}.")
         return room
 
     def my_room(self, session: Session, name: str | None) -> Room:
@@ -394,7 +394,8 @@ class Chat:
         if room.deleted:  # while this session waited above
             raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
         seq = room.take_seq()
-        event = p.MessageEvent(ts=utc_now(), room=room.name, seq=seq, user=me.name, text=req.text)
+        event = p.MessageEvent(ts=utc_now(), room=room.name, seq=seq, user=me.name, text=req.text,
+                               action=True if req.action else None)
         peer = session.peer
         session.write_started()
 
@@ -429,7 +430,7 @@ class Chat:
         return p.Ok(re=req.id)
 
     async def _history(self, session: Session, req: p.History) -> Reply:
-        room = self.room(req.room)
+        room = self.room(req.room) if req.room else self.my_room(session, None)
         if room.name not in session.rooms and not session.is_operator:
             raise ProtocolError(Code.NOT_IN_ROOM, f"Join room '{room.name}' to read its history.")
         limit = min(req.limit or self.config.join_history, self.config.history_page_max)

@@ -61,6 +61,8 @@ class Message(Request):
     pipelined: ClassVar[bool] = True
     text: Text
     room: Name | None = None
+    # An action, IRC's /me: "alice waves" rather than "alice: waves". Left out (not false) otherwise.
+    action: bool | None = None
 
 
 class Msg(Request):
@@ -73,7 +75,7 @@ class Msg(Request):
 
 class History(Request):
     type: Literal["history"] = "history"
-    room: Name
+    room: Name | None = None  # the current room when left out
     before: int | None = Field(default=None, ge=1)
     limit: int | None = Field(default=None, ge=1, le=500)
 
@@ -242,6 +244,7 @@ class RoomEvent(Event):
 class MessageEvent(RoomEvent):
     type: Literal["message"] = "message"
     text: str
+    action: bool | None = None  # /me: shown as "* alice waves"; absent for an ordinary message
 
 
 class JoinEvent(RoomEvent):

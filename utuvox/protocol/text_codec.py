@@ -7,6 +7,7 @@ session (the request a reply answers, the current room) is passed in.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,8 +59,10 @@ for _name, _params, _usage, _desc in [
     ("join", ("room",), "<room>", "Join an existing chat room and view its history."),
     ("leave", ("room?",), "[room]", "Leave the current room (or the one named)."),
     ("message", ("text*",), "<text>", "Send a message to the current room (a plain line does too)."),
+    ("me", ("text*",), "<action>", "Say what you do, as an action: /me waves shows '* alice waves'."),
     ("msg", ("to", "text*"), "<user> <text>", "Send a private message to a user."),
-    ("history", ("room", "limit?"), "<room> [n]", "Show the last n events of a room (older with JSON 'before')."),
+    ("history", ("room?", "limit?"), "[room] [n]",
+     "Show the last n events of the current room or the one named (older with JSON 'before')."),
     ("list_all_users", (), "", "List all online users."),
     ("list_users_in_room", ("room?",), "[room]", "List users currently in the joined room."),
     ("list_all_rooms", (), "", "List all available chat rooms."),
@@ -68,7 +71,7 @@ for _name, _params, _usage, _desc in [
     ("ping", (), "", "Check that the server answers."),
     ("quit", (), "", "Disconnect from the server and exit the chat."),
 ]:  # fmt: skip
-    add_command(_name, _name, _params, _usage, _desc)
+    add_command(_name, "message" if _name == "me" else _name, _params, _usage, _desc)
 
 
 def parse_line(line: str) -> Request:
@@ -81,16 +84,51 @@ def parse_line(line: str) -> Request:
     name, _, rest = line[1:].partition(" ")
     command = COMMANDS.get(name.lower())
     if command is None:
-        raise ProtocolError(Code.UNKNOWN_COMMAND, f"Unknown command: /{name[:32]}. Type /help for the list.")
+        raise ProtocolError(Code.UNKNOWN_COMMAND, unknown_command(name, COMMANDS))
     if command.type in TEXT_UNSUPPORTED:
         raise ProtocolError(Code.NOT_SUPPORTED, TEXT_UNSUPPORTED[command.type])
     fields = _bind(command, rest)
+    if command.type == "history" and "limit" not in fields and str(fields.get("room", "")).isdigit():
+        fields["limit"] = fields.pop("room")  # "/history 20": the last 20 of the current room
+    if name.lower() == "me":
+        fields["action"] = True
     try:
         return REQUESTS_BY_TYPE[command.type].model_validate(fields)
     except ValidationError as exc:
         err = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ProtocolError(Code.BAD_REQUEST, f"{where}: {err['msg']}. Usage: {command.usage}") from None
+        raise ProtocolError(Code.BAD_REQUEST, f"{plain_error(err)} Usage: {command.usage}") from None
+
+
+def unknown_command(name: str, known: Iterable[str]) -> str:
+    """``Unknown command: /jion. Did you mean /join?`` (the suggestion only when one is close)."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.6)
+    hint = f" Did you mean /{close[0]}?" if close else " Type /help for the list."
+    return f"Unknown command: /{name[:32]}.{hint}"
+
+
+def plain_error(err: Any) -> str:
+    """One sentence for a field pydantic refused, without pydantic's words: ``Limit must be a whole
+    number.``, ``Room: names are 1 to 32 characters...``."""
+    field = str(err["loc"][-1]).replace("_", " ") if err.get("loc") else "value"
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    if kind.startswith("int_"):
+        what = "must be a whole number"
+    elif kind in ("string_too_short", "too_short"):
+        what = "is empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters"
+    elif kind in ("string_too_long", "too_long"):
+        what = f"must be at most {ctx.get('max_length')} characters"
+    elif kind in ("greater_than_equal", "greater_than"):
+        what = f"must be at least {ctx.get('ge', ctx.get('gt'))}"
+    elif kind in ("less_than_equal", "less_than"):
+        what = f"must be at most {ctx.get('le', ctx.get('lt'))}"
+    elif kind == "value_error":
+        what = str(ctx.get("error") or err.get("msg", "")).removeprefix("Value error, ")
+        return f"Invalid {field}: {what}."
+    elif kind.startswith("bool"):
+        what = "must be 0 or 1"
+    else:
+        what = "is not valid"
+    return f"{field.capitalize()} {what}."
 
 
 def _bind(command: Command, rest: str) -> dict[str, Any]:
@@ -106,7 +144,7 @@ def _bind(command: Command, rest: str) -> dict[str, Any]:
         if not value:
             if optional:
                 continue
-            raise ProtocolError(Code.BAD_REQUEST, f"Missing {name}. Usage: {command.usage}")
+            raise ProtocolError(Code.BAD_REQUEST, f"Usage: {command.usage}")
         if param.endswith("!"):
             if value not in ("0", "1", "true", "false", "yes", "no"):
                 raise ProtocolError(Code.BAD_REQUEST, f"{name} must be 0 or 1. Usage: {command.usage}")
@@ -137,6 +175,8 @@ def _event_line(event: Frame, current_room: str | None) -> str:
     """The line of a room event without its timestamp, as it appears live and in history."""
     if isinstance(event, core.MessageEvent):
         where = "" if event.room == current_room else f"[{event.room}] "
+        if event.action:
+            return f"{where}* {event.user} {clean(event.text)}"
         return f"{where}{event.user}: {clean(event.text)}"
     if isinstance(event, core.JoinEvent):
         return f"User {event.user} joined room '{event.room}'"
@@ -317,12 +357,14 @@ def duration(seconds: float) -> str:
 
 
 def size(n: float) -> str:
-    """A byte count for people: ``512 B``, ``1.5 kB``, ``3.2 MB``."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
+    """A byte count for people, in binary units everywhere: ``512 B``, ``1.5 KiB``, ``120.0 MiB``."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def _stats(r: admin.ServerStats) -> list[str]:
@@ -401,23 +443,13 @@ for _name, _params, _usage, _desc in [
 TEXT_UNSUPPORTED.update({"upload": _FILES_ELSEWHERE, "download": _FILES_ELSEWHERE})
 
 
-def _file_size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024  # type: ignore[assignment]
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}"
-    return f"{n} B"  # pragma: no cover
-
-
 def _file_list(r: files.FileList) -> list[str]:
     if not r.files:
         return [f"No files in room '{r.room}'."]
     head = f"Files in room '{r.room}'" + (f" (the newest {len(r.files)})" if r.more else "") + ":"
     width = max(len(x.name) for x in r.files)
     return [head, *(
-        f"  {x.name:<{width}}  {_file_size(x.size):>10}  {x.uploader:<12} {stamp(x.uploaded_at)[1:-1]}"
+        f"  {x.name:<{width}}  {size(x.size):>10}  {x.uploader:<12} {stamp(x.uploaded_at)[1:-1]}"
         f"  (Original: {clean(x.original)})"
         for x in r.files
     )]
@@ -427,6 +459,6 @@ REPLY_RENDERERS.update({
     files.FileList: lambda r, _: _file_list(r),
     files.Uploaded: lambda r, _: f"File '{r.name}' uploaded to room '{r.room}' (Original: {clean(r.original)}).",
     files.UploadFailed: lambda r, _: f"Upload failed: {clean(r.message)}",
-    files.DownloadEnd: lambda r, _: f"Download of '{r.name}' complete ({_file_size(r.size)}).",
+    files.DownloadEnd: lambda r, _: f"Download of '{r.name}' complete ({size(r.size)}).",
     files.DownloadFailed: lambda r, _: f"Download failed: {clean(r.message)}",
 })
