@@ -77,7 +77,8 @@ async def test_private_messages_and_other_users(server: Server) -> None:
         alice, bob = Shell(a), Shell(b)
         await alice.handle("/register alice pw")
         await bob.handle("/register bob pw")
-        assert text(await alice.handle("/msg bob see you at noon")) == "Private message sent to bob."
+        # The sender sees what was sent, as the receiver does.
+        assert text(await alice.handle("/msg bob see you at noon")) == "[private to bob] alice: see you at noon"
         with trio.fail_after(TIMEOUT):
             event = await b.next_event()
         assert text(bob.render_event(event)) == "[private] alice: see you at noon"
@@ -95,24 +96,31 @@ async def test_help_lists_the_client_commands_too(server: Server) -> None:
     async with connect(url(server)) as client:
         lines = text(await Shell(client).handle("/help"))
         assert "Available commands:" in lines and "/join <room>" in lines
-        assert "/upload <room> <filepath>" in lines and "/download <" in lines and "/list_files" in lines
+        assert "/upload [room] <filepath>" in lines and "/download <" in lines and "/list_files" in lines
+        assert "/j = /join" in lines and "/part = /leave" in lines and "/query [user] [text]" in lines
 
 
 async def test_completion_of_commands_rooms_and_users(server: Server) -> None:
     async with connect(url(server)) as a, connect(url(server)) as b:
         shell = Shell(a)
-        assert shell.complete("/list_a") == ["/list_all_rooms", "/list_all_users"]
-        assert "/upload" in shell.complete("/up")
+        # A completed word comes with the space that follows it.
+        assert shell.complete("/list_a") == ["/list_all_rooms ", "/list_all_users "]
+        assert "/upload " in shell.complete("/up") and shell.complete("/pa") == ["/part "]
         assert shell.complete("/delete_r") == []  # an admin command, and this is no admin
         await b.register("gus", "pw")
         await b.create("garden")
         await shell.handle("/register hal pw")
         await shell.handle("/list_all_rooms")
         await shell.handle("/list_all_users")
-        assert shell.complete("/join ga") == ["garden"]
-        assert shell.complete("/msg g") == ["gus"]
+        assert shell.complete("/join ga") == ["garden "]
+        assert shell.complete("/j ga") == ["garden "]
+        assert shell.complete("/msg g") == ["gus "]
         assert shell.complete("/msg gus hel") == []
         assert shell.complete("plain text") == []
+        # Nicks inside message text: "gus: " at the start of a line, as IRC clients do, "gus " further on.
+        assert shell.complete("G") == ["gus: "]
+        assert shell.complete("thanks g") == ["gus "]
+        assert shell.complete("/msg gus ask g") == ["gus "]
 
 
 async def test_upload_and_download_round_trip(server: Server, tmp_path: Path) -> None:
@@ -138,11 +146,12 @@ async def test_upload_and_download_round_trip(server: Server, tmp_path: Path) ->
 
         listing = text(await downloader.handle("/list_files"))
         name = next(n for n in downloader.known_files)  # learnt from the listing, for completion
-        assert name in listing and downloader.complete("/download " + name[:3]) == [name]
+        assert name in listing and downloader.complete("/download " + name[:3]) == [name + " "]
+        assert "156.2 KiB" in listing
 
         said = text(await downloader.handle(f"/download {name}"))
         saved = tmp_path / "downloads" / original.name
-        assert said == f"File '{name}' downloaded to {saved}."
+        assert said == f"File '{name}' (156.2 KiB) downloaded to {saved}."
         assert saved.read_bytes() == original.read_bytes()
         assert bars[f"Downloading {name}"][-1] == (size, size)
 

@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -124,7 +125,8 @@ def _admin_key(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> int:
     from utuvox.client.terminal import main as terminal_main
 
-    return terminal_main(args.url, args.downloads, args.ca)
+    return terminal_main(args.url, args.downloads, args.ca, time_format=args.time_format,
+                         paste_lines=args.paste_lines)
 
 
 def _version() -> str:
@@ -170,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="verify a tcps:// or wss:// server against this CA (default: the system's CAs)")
     client.add_argument("--downloads", type=Path, default=Path("downloads"),
                         help="where /download saves files (default ./downloads)")
+    client.add_argument("--time-format", default=os.environ.get("UTUVOX_TIME_FORMAT", "%H:%M"), metavar="FORMAT",
+                        help="how times show, in local time (the TZ variable), as strftime does: "
+                             "'%%H:%%M:%%S', '%%Y-%%m-%%d %%H:%%M'... (default $UTUVOX_TIME_FORMAT or '%%H:%%M')")
+    client.add_argument("--paste-lines", type=int, default=5, metavar="N",
+                        help="a paste of more lines than N is sent only once confirmed (default 5)")
     client.set_defaults(func=_client)
     return parser
 

@@ -10,6 +10,7 @@ self-signed certificate).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -70,6 +71,26 @@ def parse_url(url: str) -> Address:
     return Address(scheme, parts.hostname, port, path)
 
 
+def _plain(exc: OSError) -> OSError:
+    """trio's "all attempts to connect to ... failed" as the reason of the first attempt (errno and
+    ``strerror``: ``Connection refused``), which is what a person needs to read."""
+    if exc.strerror:
+        return exc
+    group = exc.__cause__
+    if isinstance(group, BaseExceptionGroup):
+        for inner in group.exceptions:
+            if isinstance(inner, OSError) and inner.errno:
+                return OSError(inner.errno, os.strerror(inner.errno))
+    return exc
+
+
+async def _open_tcp(address: Address) -> trio.SocketStream:
+    try:
+        return await trio.open_tcp_stream(address.host, address.port)
+    except OSError as exc:
+        raise _plain(exc) from exc
+
+
 def tls_context(ca: str | Path | None = None) -> ssl.SSLContext:
     """Verifies the server's certificate and host name: with ``ca``, against that CA file only."""
     return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
@@ -100,7 +121,7 @@ class TcpTransport:
 
     @classmethod
     async def open(cls, address: Address, ca: str | Path | None = None) -> TcpTransport:
-        stream = await trio.open_tcp_stream(address.host, address.port)
+        stream = await _open_tcp(address)
         with contextlib.suppress(OSError):
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if address.scheme != "tcps":
@@ -174,10 +195,10 @@ class WebSocketTransport:
                 ws = await trio_websocket.wrap_client_stream(nursery, stream, host, address.path,
                                                              max_message_size=MAX_FRAME, message_queue_size=64)
             else:
-                ws = await trio_websocket.connect_websocket(
-                    nursery, address.host, address.port, address.path, use_ssl=False,
-                    max_message_size=MAX_FRAME, message_queue_size=64,
-                )
+                stream = await _open_tcp(address)
+                host = address.host if address.port == 80 else f"{address.host}:{address.port}"
+                ws = await trio_websocket.wrap_client_stream(nursery, stream, host, address.path,
+                                                             max_message_size=MAX_FRAME, message_queue_size=64)
         except trio_websocket.HandshakeError as exc:
             raise OSError(f"WebSocket handshake failed: {exc}") from exc
         return cls(ws)

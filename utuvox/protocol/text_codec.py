@@ -300,6 +300,15 @@ def render(frame: Frame, *, request: Request | None = None, current_room: str | 
                    for when, line in _reply_lines(frame, request))
 
 
+def render_lines(frame: Frame, *, request: Request | None = None, current_room: str | None = None,
+                 now: datetime | None = None) -> list[tuple[datetime, str]]:
+    """The lines of :func:`render` as (time, text) pairs, for a front end that shows times its own way."""
+    if isinstance(frame, Event):
+        return [(frame.ts, _event_line(frame, current_room))]
+    at = now or datetime.now(UTC)
+    return [(when or at, line) for when, line in _reply_lines(frame, request)]
+
+
 
 # --- administration -----------------------------------------------------------------------------
 # The original's admin commands and the operator commands beyond them. Listed by /help to operators only.
