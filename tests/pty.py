@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pexpect
+import pyte
 import trio
 
 TIMEOUT = 15
@@ -24,13 +25,37 @@ def plain(text: str) -> str:
     return _ESCAPES.sub("", text).replace("\r", "")
 
 
+class _Screen(pyte.Screen):
+    """A screen that keeps its answers to the program (cursor position reports) to be sent back."""
+
+    def __init__(self, columns: int, lines: int) -> None:
+        super().__init__(columns, lines)
+        self.answers: list[str] = []
+
+    def write_process_input(self, data: str) -> None:
+        self.answers.append(data)
+
+
 class Pty:
     def __init__(self, argv: list[str], *, cwd: Path, env: dict[str, str] | None = None,
                  columns: int = 100, rows: int = 30) -> None:
         environment = {**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.child = pexpect.spawn(argv[0], argv[1:], cwd=str(cwd), env=environment, encoding="utf-8",
                                    dimensions=(rows, columns), timeout=TIMEOUT)
-        self.seen = ""  # everything shown so far, without escapes
+        self.seen = ""  # everything written so far, without escapes
+        self._screen = _Screen(columns, rows)  # what a person sees now
+        self._stream = pyte.Stream(self._screen)
+
+    def _take(self, chunk: str) -> None:
+        self.seen += plain(chunk)
+        self._stream.feed(chunk)
+        if self._screen.answers:  # the terminal answers what the program asks (where the cursor is)
+            self.child.send("".join(self._screen.answers))
+            self._screen.answers.clear()
+
+    def screen(self) -> list[str]:
+        """The terminal's rows as a person sees them now, trailing blanks removed."""
+        return [row.rstrip() for row in self._screen.display]
 
     @classmethod
     def utuvox(cls, *args: str, cwd: Path, env: dict[str, str] | None = None, **kw: int) -> Pty:
@@ -48,7 +73,7 @@ class Pty:
                 raise AssertionError(f"ended before {pattern.pattern!r}; screen:\n{self.seen[-3000:]}") from None
             except pexpect.TIMEOUT:
                 raise AssertionError(f"no {pattern.pattern!r} in {TIMEOUT} s; screen:\n{self.seen[-3000:]}") from None
-            self.seen += plain(chunk)
+            self._take(chunk)
 
     async def expect(self, predicate: str | re.Pattern[str], *, since: int | None = None) -> str:
         """Wait until the screen shows ``predicate`` (text or regex) after offset ``since`` (default: the
@@ -77,7 +102,7 @@ class Pty:
         def read() -> None:
             while True:
                 try:
-                    self.seen += plain(self.child.read_nonblocking(65536, timeout=seconds))
+                    self._take(self.child.read_nonblocking(65536, timeout=seconds))
                 except (pexpect.TIMEOUT, pexpect.EOF):
                     return
         await trio.to_thread.run_sync(read)
@@ -87,7 +112,7 @@ class Pty:
         """Wait for the program to end; its exit status."""
         def finish() -> int:
             with contextlib.suppress(pexpect.EOF):
-                self.seen += plain(self.child.read())
+                self._take(self.child.read())
             self.child.wait()
             self.child.close()
             return self.child.exitstatus if self.child.exitstatus is not None else -(self.child.signalstatus or 0)

@@ -219,4 +219,4 @@ def test_utuvox_client_reports_an_unreachable_server(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "utuvox", "client", "--url", "tcp://127.0.0.1:1"],
                             stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, check=False, timeout=30)
     assert result.returncode == 1
-    assert b"cannot connect to tcp://127.0.0.1:1" in result.stderr
+    assert result.stderr == b"utuvox: cannot connect to tcp://127.0.0.1:1: Connection refused\n"

@@ -86,6 +86,7 @@ class Terminal:
         self._transfers: dict[int, trio.CancelScope] = {}
         self._next_transfer = 0
         self._command: trio.CancelScope | None = None
+        self._reading = trio.CancelScope()
         client.on_state.append(self._on_state)
 
     # --- output ---------------------------------------------------------------------------------
@@ -157,6 +158,8 @@ class Terminal:
             self.print_lines(self.shell.error(exc.message))
         self.closed = True
         self._interrupt_prompt()
+        if not self.interactive:
+            self._reading.cancel()  # a script's input may stay open: stop waiting for it
 
     async def _cancel_on_ctrl_c(self) -> None:
         # At the prompt Ctrl-C is a key; while a command runs in the foreground (a script's transfer) it
@@ -195,7 +198,13 @@ class Terminal:
             nursery.start_soon(self._cancel_on_ctrl_c)
             while not self.shell.done and not self.closed:
                 try:
-                    line = await trio.to_thread.run_sync(self._read_line)
+                    self._reading = trio.CancelScope()
+                    if self.closed:
+                        break
+                    with self._reading:
+                        line = await trio.to_thread.run_sync(self._read_line, abandon_on_cancel=not self.interactive)
+                    if self._reading.cancelled_caught:
+                        break
                 except EOFError:
                     if not self.closed:  # Ctrl-D, or the end of piped input
                         self.print_lines(await self.shell.handle("/quit"))
