@@ -4,9 +4,12 @@ real server: login, rooms, messages, the prompt following what the server confir
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import trio
@@ -220,3 +223,33 @@ def test_utuvox_client_reports_an_unreachable_server(tmp_path: Path) -> None:
                             stdin=subprocess.DEVNULL, capture_output=True, cwd=tmp_path, check=False, timeout=30)
     assert result.returncode == 1
     assert result.stderr == b"utuvox: cannot connect to tcp://127.0.0.1:1: Connection refused\n"
+
+
+async def test_times_are_local_and_short_with_a_line_when_the_day_changes(server: Server) -> None:
+    ist = timezone(timedelta(hours=5, minutes=30))
+    async with connect(url(server)) as client:
+        shell = Shell(client, tz=ist)
+        today = datetime.now(ist).replace(hour=12, minute=0, second=0, microsecond=0)
+        yesterday = today - timedelta(days=1)
+        # 23:50 UTC the day before is 05:20 local: the local date is the one that counts.
+        late = datetime(yesterday.year, yesterday.month, yesterday.day, 23, 50, tzinfo=UTC) - timedelta(days=1)
+        events = [p.MessageEvent(ts=late, room="r", seq=1, user="bob", text="late"),
+                  p.MessageEvent(ts=yesterday, room="r", seq=2, user="bob", text="noon"),
+                  p.MessageEvent(ts=today, room="r", seq=3, user="bob", text="today")]
+        lines = [line for e in events for line in shell.render_event(e)]
+        assert lines == [
+            f"--- Day changed to {yesterday:%a %d %b %Y} ---", "[05:20] [r] bob: late",
+            "[12:00] [r] bob: noon",
+            f"--- Day changed to {today:%a %d %b %Y} ---", "[12:00] [r] bob: today",
+        ]
+        seconds = Shell(client, tz=UTC, time_format="%Y-%m-%d %H:%M:%S")
+        assert seconds.render_event(events[2])[-1] == f"[{today.astimezone(UTC):%Y-%m-%d %H:%M:%S}] [r] bob: today"
+
+
+async def test_utuvox_client_time_format_and_local_zone(server: Server, tmp_path: Path) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "utuvox", "client", "--url", url(server), "--time-format", "%H:%M:%S %Z"],
+        stdin=b"/whoami\n", capture_stdout=True, capture_stderr=True, cwd=tmp_path, check=False,
+        env={**os.environ, "TZ": "IST-5:30"})
+    assert result.returncode == 0, result.stderr
+    assert re.search(rb"^\[\d\d:\d\d:\d\d IST\] You are not logged in\.$", result.stdout, re.M), result.stdout

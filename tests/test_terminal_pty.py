@@ -197,3 +197,20 @@ async def test_url_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
             err = result.stderr.decode()
             assert result.returncode == 2, (bad, err)
             assert err.startswith("utuvox: ") and said in err and err.count("\n") == 1, (bad, err)
+
+
+async def test_a_paste_waits_out_the_rate_limit(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "data", session_messages_per_second=5, session_messages_burst=2,
+                              user_messages_per_second=5, user_messages_burst=2) as server:
+        term = await start(server, tmp_path, "--paste-lines", "10")
+        try:
+            async with connect(url(server)) as bob:
+                await bob.register("bob", "pw")
+                await bob.join("hall")
+                await term.expect("User bob joined room 'hall'")
+                lines = [f"line {n}" for n in range(1, 8)]
+                await term.send("\x1b[200~" + "\n".join(lines) + "\x1b[201~\r")
+                assert [(await next_message(bob)).text for _ in lines] == lines  # none lost, in order
+                assert "Error" not in await term.settle()
+        finally:
+            term.close()
