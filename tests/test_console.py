@@ -207,7 +207,7 @@ async def test_console_at_a_terminal_reconnects_by_itself_and_exit_leaves(tmp_pa
             assert re.search(r"127\.0\.0\.1:\d+ ", row), row
             assert all(len(line) <= 80 for line in console_pty.seen[console_pty.mark:].splitlines())
         await stop(proc)
-        await console_pty.expect("(disconnected)>")
+        await console_pty.expect("Disconnected: Server shutting down.")
         proc = (await serve(tmp_path, "--port", str(first.port), "--ws-port", str(first.ws_port), env=FAST)).proc
         await console_pty.line("rooms")  # the next command connects again by itself
         await console_pty.expect("Reconnected to")
