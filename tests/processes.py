@@ -34,7 +34,9 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir),
          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        # A JSON client is told from a text one by its first byte; on a loaded machine that byte can take
+        # longer than the default half second to arrive.
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "UTUVOX_DETECT_TIMEOUT": "2", **(env or {})})
     assert proc.stdout is not None
     out = b""
     with trio.fail_after(20):
