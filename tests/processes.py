@@ -12,11 +12,13 @@ from typing import NamedTuple
 
 import trio
 
-# The startup lines, a contract: exactly these lines, " (TLS)" and wss:// only with TLS on. The third,
-# "Admin key: <key>", comes only on the start that creates the key (ADMIN_KEY_LINE).
+# The startup lines, a contract: exactly these lines, " (TLS)", wss:// and https:// only with TLS on. The third,
+# "Admin key: <key>", comes only on the start that creates the key (ADMIN_KEY_LINE); the web client's line
+# (WEB_CLIENT_LINE, on the WebSocket port) always comes last.
 STARTUP = re.compile(rb"Server started on 127\.0\.0\.1:(\d+)( \(TLS\))?\nWebSocket server started on (wss?)://"
                      rb"127\.0\.0\.1:(\d+)\n")
 ADMIN_KEY_LINE = re.compile(rb"Admin key: (\S+)\n")
+WEB_CLIENT_LINE = re.compile(rb"Web client at (https?)://127\.0\.0\.1:(\d+)/\n")
 
 
 class Serving(NamedTuple):
@@ -47,13 +49,20 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     tls = bool(match[2])
     assert tls == (match[3] == b"wss"), out
     key = (data_dir / "admin_key.txt").read_text().strip()  # written before the listeners start
-    if first_start:
-        with trio.fail_after(20):
-            while not (line := ADMIN_KEY_LINE.match(out, match.end())):
+    end = match.end()
+    with trio.fail_after(20):
+        if first_start:
+            while not (line := ADMIN_KEY_LINE.match(out, end)):
                 chunk = await proc.stdout.receive_some(4096)
                 assert chunk, f"server exited early: {out!r}"
                 out += chunk
-        assert line[1].decode() == key
+            assert line[1].decode() == key
+            end = line.end()
+        while not (web := WEB_CLIENT_LINE.match(out, end)):
+            chunk = await proc.stdout.receive_some(4096)
+            assert chunk, f"server exited early: {out!r}"
+            out += chunk
+    assert web[1] == (b"https" if tls else b"http") and web[2] == match[4], out
     return Serving(proc, int(match[1]), int(match[4]), key, tls)
 
 

@@ -33,6 +33,7 @@ from .outbox import Flusher
 from .session_loop import run_session
 from .settings import Settings
 from .tls import handshake, server_context
+from .web import Site, load_assets, parse_origins
 
 log = logging.getLogger("utuvox.server")
 
@@ -65,6 +66,9 @@ class Server:
         self.admin_key = AdminKey(settings.admin_key_path)
         self.flusher = Flusher()
         self.tls = server_context(settings.tls_cert, settings.tls_key)  # raises TlsConfigError at once
+        # The web client's files are read once, here: serving them never waits for the disk.
+        self.site = Site(load_assets(), secure=self.tls is not None,
+                         allowed_origins=parse_origins(settings.allowed_origins))
         self.watchdog = Watchdog(WatchConfig(
             keepalive_interval=settings.keepalive_interval, keepalive_timeout=settings.keepalive_timeout,
             login_timeout=settings.login_timeout, idle_timeout=settings.idle_timeout,
@@ -132,6 +136,7 @@ class Server:
                         self.announce(f"Admin key: {key}")
                     else:
                         log.info("admin key in %s (utuvox admin-key shows it)", self.admin_key.path)
+                    self.announce(f"Web client at {'https' if tls else 'http'}://{s.host}:{self.ws_port}/")
                     log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
                     if self.tune_gc:
                         # Everything made so far lives as long as the server: keep the garbage collector
@@ -263,7 +268,7 @@ class Server:
     async def _upgrade(self, channel: trio.abc.Stream) -> bytes | None:
         """The opening handshake within ``handshake_timeout``: the bytes the client sent behind its
         request, or ``None`` (the connection answered if it asked for something else, and closed)."""
-        reader = websocket.HandshakeReader()
+        reader = websocket.HandshakeReader(self.site)
         answer = None
         with trio.move_on_after(self.settings.handshake_timeout):
             try:

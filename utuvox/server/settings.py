@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate chain")
     tls_key: Path | None = Field(None, description="PEM private key")
 
+    # the web client on the WebSocket port; browsers send Origin, and only the page's own is let in by default
+    allowed_origins: str = Field("", description="other origins whose pages may open a WebSocket, separated by "
+                                                 "commas (e.g. https://chat.example.com); * allows any")
+
     # file sharing
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=0, description="largest file a client may upload")
     max_uploads_per_session: int = Field(4, ge=1, description="uploads one connection may have in progress")

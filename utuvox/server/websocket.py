@@ -23,6 +23,8 @@ from http import HTTPStatus
 
 import h11
 
+from .web import Site
+
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 16 * 1024  # bytes of HTTP request head a client may send
@@ -59,10 +61,14 @@ def accept_key(key: bytes) -> str:
 
 class HandshakeReader:
     """Feed it the bytes a new connection sends; once :meth:`feed` returns a :class:`Handshake`, send
-    its response (and close the connection unless it was accepted)."""
+    its response (and close the connection unless it was accepted).
 
-    def __init__(self) -> None:
+    With a ``site``, a GET that asks for no upgrade is answered with the web client's files, and an
+    upgrade from a browser (one that sends ``Origin``) is accepted only from an allowed origin."""
+
+    def __init__(self, site: Site | None = None) -> None:
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self._site = site
 
     def feed(self, data: bytes) -> Handshake | None:
         http = self._http
@@ -80,8 +86,7 @@ class HandshakeReader:
             return _reject(400, "Bad Request", "Expected a WebSocket upgrade request.")
         return self._answer(event, http.trailing_data[0])
 
-    @staticmethod
-    def _answer(request: h11.Request, leftover: bytes) -> Handshake:
+    def _answer(self, request: h11.Request, leftover: bytes) -> Handshake:
         headers: dict[bytes, list[bytes]] = {}
         for name, value in request.headers:
             headers.setdefault(name.lower(), []).append(value)
@@ -89,6 +94,9 @@ class HandshakeReader:
         def tokens(name: bytes) -> set[bytes]:
             return {t.strip().lower() for v in headers.get(name, []) for t in v.split(b",")}
 
+        site = self._site
+        if site is not None and b"upgrade" not in headers:
+            return Handshake(site.respond(request.method, request.target, headers), accepted=False)
         if request.method != b"GET":
             return _reject(405, "Method Not Allowed", "A WebSocket starts with GET.", "Allow: GET\r\n")
         if b"websocket" not in tokens(b"upgrade") or b"upgrade" not in tokens(b"connection"):
@@ -104,6 +112,11 @@ class HandshakeReader:
             valid_key = False
         if not valid_key:
             return _reject(400, "Bad Request", "Missing or malformed Sec-WebSocket-Key.")
+        origins = headers.get(b"origin", [])
+        if site is not None and origins and not (
+            len(origins) == 1 and site.origin_allowed(origins[0], (headers.get(b"host") or [None])[0])
+        ):
+            return _reject(403, "Forbidden", "This origin may not open a WebSocket here.")
         response = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     f"Sec-WebSocket-Accept: {accept_key(keys[0].strip())}\r\n\r\n")
         return Handshake(response.encode(), accepted=True, leftover=leftover)
