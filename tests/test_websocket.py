@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utuvox.server import websocket as ws
+from utuvox.server.web import Site, load_assets
 
 from .clients import ServerFrames, client_frame, raw_websocket, ws_text
 
@@ -164,12 +165,18 @@ async def frames_until_close(frames: ServerFrames) -> list[tuple[int, bytes]]:
             return seen
 
 
-async def test_plain_http_on_the_websocket_port_gets_426(server) -> None:
-    with socket.create_connection(("127.0.0.1", server.ws_port), timeout=5) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = b""
-        while chunk := await trio.to_thread.run_sync(sock.recv, 4096):
-            answer += chunk
+async def test_plain_http_on_the_websocket_port_gets_the_web_client_and_other_upgrades_426(server) -> None:
+    async def ask(head: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.ws_port), timeout=5) as sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := await trio.to_thread.run_sync(sock.recv, 4096):
+                answer += chunk
+        return answer
+
+    page = await ask(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert page.startswith(b"HTTP/1.1 200 OK\r\n") and b"<title>UtuVox</title>" in page
+    answer = await ask(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     assert answer.endswith(b"This port speaks WebSocket only (ws:// or wss://).\n")
 
@@ -285,10 +292,31 @@ def test_any_bytes_give_frames_or_a_protocol_error_and_nothing_else(chunks: list
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400))
 def test_any_request_head_gets_an_answer_or_a_wait_for_more(data: bytes) -> None:
-    answer = ws.HandshakeReader().feed(data)
-    if answer is not None:
+    for reader in (ws.HandshakeReader(), ws.HandshakeReader(SITE)):
+        answer = reader.feed(data)
+        if answer is None:
+            continue
         assert answer.response.startswith(b"HTTP/1.1 ")
         assert answer.accepted == answer.response.startswith(b"HTTP/1.1 101 ")
+
+
+SITE = Site(load_assets())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"GET", b"HEAD", b"POST"]), st.text(max_size=60).map(str.encode),
+       st.lists(st.tuples(st.sampled_from([b"Host", b"Origin", b"Upgrade", b"Connection", b"If-None-Match",
+                                           b"Accept-Encoding"]), st.binary(max_size=40)), max_size=5))
+def test_any_plain_request_gets_a_page_or_a_clear_refusal(method: bytes, target: bytes,
+                                                          headers: list[tuple[bytes, bytes]]) -> None:
+    head = method + b" /" + target.replace(b" ", b"") + b" HTTP/1.1\r\n"
+    head += b"".join(name + b": " + value.replace(b"\r", b"").replace(b"\n", b"") + b"\r\n" for name, value in headers)
+    answer = ws.HandshakeReader(SITE).feed(head + b"\r\n")
+    assert answer is not None and not answer.accepted
+    status = int(answer.response.split(b" ")[1])
+    assert status in (200, 304, 400, 404, 405, 426), answer.response[:200]
+    if status == 200:
+        assert b"Content-Security-Policy: default-src 'self'" in answer.response
 
 
 async def test_garbage_after_the_upgrade_ends_only_that_connection(server, connect_json) -> None:

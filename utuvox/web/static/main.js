@@ -8,8 +8,12 @@ import { Cancelled, download, upload } from "./transfers.js";
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 100; // events per scroll-back page: each page is one short task to lay out
 const APPEND_BATCH = 200; // live events appended per task
+// Lines live in blocks of at most this many; a block out of view is skipped by layout as a whole
+// (content-visibility), so ten thousand lines of history cost about what a hundred blocks do.
+const BLOCK = 100;
+const LINE_PX = 25; // a line's usual height: a block's size until it is first laid out
 const NEAR_TOP = 400; // px from the top of a log at which the next page of history is fetched
-const ROOMS_REFRESH_MS = 15000;
+const ROOMS_REFRESH_MS = 10000; // rooms made by others show up within this (and when the page is back in view)
 
 const state = {
   client: null,
@@ -73,6 +77,7 @@ function enterChat() {
     (first ?? $("new-room-name")).focus();
   });
   state.roomsTimer = setInterval(refreshRooms, ROOMS_REFRESH_MS);
+  window.addEventListener("focus", refreshRooms);
 }
 
 $("logout").addEventListener("click", async () => {
@@ -139,7 +144,7 @@ function badge(count) {
 }
 
 function fillConversationButton(button, name, view, extra) {
-  button.replaceChildren(el("span", { class: "name" }, name),
+  button.replaceChildren(el("span", { class: "name" }, name), " ",
     el("span", null, extra, view ? badge(view.unread) : null));
   button.setAttribute("aria-current", String(view !== null && view === state.current));
 }
@@ -269,7 +274,10 @@ function makeView(kind, name) {
   const top = el("div", { class: "begin" },
     kind === "room" ? "" : `Private messages with ${name} are not stored: they last as long as this page.`);
   const log = el("div", { class: "log", role: "log", "aria-label": "Messages", tabindex: "0", hidden: true }, top);
-  const view = { kind, name, log, top, unread: 0, oldest: null, more: false, loading: false, queue: [], flushing: false };
+  const view = {
+    kind, name, log, top, unread: 0, oldest: null, more: false, loading: false, queue: [], flushing: false,
+    lastBlock: null,
+  };
   if (kind === "room") {
     log.addEventListener("scroll", () => {
       if (log.scrollTop < NEAR_TOP) loadOlder(view);
@@ -355,11 +363,23 @@ function append(view, event) {
   }
 }
 
+function block(lines) {
+  const node = el("div", { class: "block" });
+  node.style.containIntrinsicSize = `auto ${lines * LINE_PX}px`;
+  return node;
+}
+
 function flush(view) {
   const log = view.log;
   const stick = atBottom(log) || view.queue.some((node) => node.classList.contains("mine"));
   const batch = view.queue.splice(0, APPEND_BATCH);
-  log.append(...batch);
+  while (batch.length) {
+    if (!view.lastBlock || view.lastBlock.childElementCount >= BLOCK) {
+      view.lastBlock = block(BLOCK);
+      log.append(view.lastBlock);
+    }
+    view.lastBlock.append(...batch.splice(0, BLOCK - view.lastBlock.childElementCount));
+  }
   if (stick) log.scrollTop = log.scrollHeight;
   if (view.queue.length) setTimeout(() => flush(view), 0);
   else view.flushing = false;
@@ -382,7 +402,7 @@ async function loadOlder(view) {
     view.loading = false;
     return;
   }
-  const lines = document.createDocumentFragment();
+  const lines = block(page.events.length);
   for (const event of page.events) {
     const node = eventNode(event, actions);
     if (node) lines.append(node);
@@ -487,7 +507,7 @@ async function refreshPeople() {
     }
     return el("li", null, el("button", {
       type: "button", title: `Private conversation with ${user.name}`, onclick: () => openPrivate(user.name),
-    }, el("span", null, user.name), el("span", null, ...tags)));
+    }, el("span", null, user.name), " ", el("span", null, ...tags)));
   });
   $("people").replaceChildren(...items);
 }
@@ -617,7 +637,10 @@ function closeDrawers() {
   }
 }
 
-$("menu-toggle").addEventListener("click", () => toggleDrawer($("menu-toggle"), $("sidebar")));
+$("menu-toggle").addEventListener("click", () => {
+  toggleDrawer($("menu-toggle"), $("sidebar"));
+  if ($("sidebar").classList.contains("open")) refreshRooms();
+});
 $("people-toggle").addEventListener("click", () => toggleDrawer($("people-toggle"), $("people-panel")));
 
 document.addEventListener("keydown", (key) => {

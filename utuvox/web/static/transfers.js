@@ -39,7 +39,12 @@ function fromBase64(text) {
  * `uploaded` reply.
  */
 export async function upload(client, room, file, job, onProgress) {
-  const sha256 = await hashBlob(file, (done, total) => onProgress(done, total, "hashing"), () => job.cancelled);
+  let sha256;
+  try {
+    sha256 = await hashBlob(file, (done, total) => onProgress(done, total, "hashing"), () => job.cancelled);
+  } catch (exc) {
+    throw job.cancelled ? new Cancelled() : exc;
+  }
   if (job.cancelled) throw new Cancelled();
   const name = (file.name || "file").slice(0, 255);
   const ready = await client.request({ type: "upload", room, name, size: file.size, sha256 });
@@ -70,12 +75,12 @@ export async function upload(client, room, file, job, onProgress) {
       if (failure) throw failure;
       const data = new Uint8Array(await file.slice(offset, offset + ready.chunk_size).arrayBuffer());
       const final = offset + data.length >= file.size;
+      if (data.length === 0 && !final) throw new Error("The file shrank while it was being sent.");
       const reply = client.call({ type: "upload_chunk", upload_id: uploadId, offset, data: toBase64(data) });
       reply.catch(() => {}); // awaited below; a rejection before then is not "unhandled"
       inFlight.push({ reply, length: data.length, final });
       offset += data.length;
       last = final;
-      if (data.length === 0 && !final) throw new Error("The file shrank while it was being sent.");
       while (inFlight.length >= WINDOW || (last && inFlight.length > 1)) {
         const oldest = inFlight.shift();
         await oldest.reply;
