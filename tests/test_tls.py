@@ -212,3 +212,35 @@ async def test_serve_refuses_unusable_tls_files_clearly(tmp_path: Path, pems: di
         assert result.returncode == 2, result
         assert expected in result.stderr and b"Traceback" not in result.stderr
         assert b"PRIVATE KEY" not in result.stderr  # never the key itself
+
+
+async def test_the_web_client_over_https_allows_wss_to_itself(tmp_path: Path, pems: dict[str, Path],
+                                                              ca: trustme.CA) -> None:
+    async with tls_server(tmp_path, pems) as srv:
+        port = srv.ws_port
+        assert srv.startup_lines[3] == f"Web client at https://127.0.0.1:{port}/"
+
+        async def ask(head: str) -> bytes:
+            stream = await open_tls(port, ca)
+            await stream.send_all(head.encode())
+            answer = b""
+            with trio.fail_after(5):
+                while True:
+                    try:
+                        chunk = await stream.receive_some(65536)
+                    except trio.BrokenResourceError:
+                        break
+                    if not chunk:
+                        break
+                    answer += chunk
+                    if answer.startswith(b"HTTP/1.1 101") and b"\r\n\r\n" in answer:
+                        break
+            await trio.aclose_forcefully(stream)
+            return answer
+
+        page = await ask(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+        assert page.startswith(b"HTTP/1.1 200 OK") and f"connect-src 'self' wss://127.0.0.1:{port};".encode() in page
+        upgrade = (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {}\r\n\r\n")
+        assert (await ask(upgrade.format(f"https://127.0.0.1:{port}"))).startswith(b"HTTP/1.1 101 ")
+        assert (await ask(upgrade.format(f"http://127.0.0.1:{port}"))).startswith(b"HTTP/1.1 403 ")

@@ -345,6 +345,43 @@ def test_a_server_restart_is_resumed_with_no_gap_and_no_duplicate(pages: Callabl
             assert page.texts() == expected
 
 
+def test_a_page_cut_off_alone_catches_up_on_what_it_missed(pages: Callable[..., Page],
+                                                           web_server: WebServer) -> None:
+    ivy, jack = pages(), pages()
+    # Ivy's WebSocket goes through the test, which can cut it and keep her away while the room talks on.
+    links: list[tuple[Any, Any]] = []
+    away = threading.Event()
+
+    def route(page_side: Any) -> None:
+        if away.is_set():
+            page_side.close()  # as if the server could not be reached
+            return
+        links.append((page_side, page_side.connect_to_server()))
+
+    ivy.page.route_web_socket(re.compile(r"^ws://"), route)
+    ivy.sign_in("ivy")
+    ivy.create("cutoff")
+    jack.sign_in("jack")
+    jack.open_room("cutoff")
+    jack.say("one")
+    expect(ivy.log).to_contain_text("one")
+    away.set()
+    page_side, server_side = links[-1]
+    server_side.close()
+    page_side.close()
+    expect(ivy.page.get_by_role("status")).to_contain_text("Reconnecting")
+    for text in ("two", "three", "four"):
+        jack.say(text)
+    expect(jack.log.locator(".msg .text").last).to_have_text("four")
+    away.clear()
+    expect(ivy.page.get_by_role("status")).to_contain_text("Reconnected")
+    expect(ivy.log).to_contain_text("four")
+    ivy.say("five")
+    expect(jack.log).to_contain_text("five")
+    assert ivy.texts() == ["one", "two", "three", "four", "five"]
+    assert len(links) >= 2
+
+
 def test_narrow_layout_keyboard_and_dark_theme(pages: Callable[..., Page]) -> None:
     phone = pages(viewport={"width": 390, "height": 780}, color_scheme="dark", is_mobile=True, has_touch=True)
     page = phone.page
@@ -396,6 +433,57 @@ def test_first_load_is_under_100_kb(pages: Callable[..., Page]) -> None:
     assert any(name.endswith("/main.js") for name, _ in sizes)
     assert all(size > 0 for _, size in sizes), sizes  # a fresh context: nothing came from a cache
     assert total < 100_000, sizes
+
+
+def test_sha256_and_links_in_the_page_modules(pages: Callable[..., Page]) -> None:
+    page = pages().page
+    blobs = [b"", b"abc", bytes(range(256)) * 40, random.Random(1).randbytes(20_003)]
+    # Fed in uneven pieces, so that the block boundaries fall everywhere.
+    digests = page.evaluate("""async (blobs) => {
+        const { Sha256 } = await import('/sha256.js');
+        return blobs.map((data) => {
+            const bytes = new Uint8Array(data);
+            const hash = new Sha256();
+            for (let at = 0, step = 1; at < bytes.length; at += step, step = step * 3 % 97 + 1) {
+                hash.update(bytes.subarray(at, at + step));
+            }
+            return hash.hex();
+        });
+    }""", [list(blob) for blob in blobs])
+    assert digests == [hashlib.sha256(blob).hexdigest() for blob in blobs]
+    links = page.evaluate("""async (texts) => {
+        const { linkify } = await import('/render.js');
+        return texts.map((text) => {
+            const box = document.createElement('div');
+            box.append(linkify(text));
+            return [box.textContent, [...box.querySelectorAll('a')].map((a) => [a.getAttribute('href'), a.rel])];
+        });
+    }""", ["see https://example.com/a?b=1&c=2.", "javascript:alert(1) and http://x.example)",
+           "<a href=https://evil.example>x</a>"])
+    rel = "noopener noreferrer"
+    assert links == [
+        ["see https://example.com/a?b=1&c=2.", [["https://example.com/a?b=1&c=2", rel]]],
+        ["javascript:alert(1) and http://x.example)", [["http://x.example/", rel]]],
+        ["<a href=https://evil.example>x</a>", [["https://evil.example/", rel]]],
+    ]
+
+
+def test_a_wrong_password_is_told_and_a_room_can_be_left(pages: Callable[..., Page]) -> None:
+    kate = pages()
+    kate.sign_in("kate")
+    kate.create("brief")
+    kate.page.get_by_role("button", name="Leave room").click()
+    expect(kate.page.get_by_role("heading", name="UtuVox")).to_be_visible()
+    expect(kate.rooms.get_by_role("button", name=re.compile(r"^brief"))).not_to_contain_text("joined")
+    expect(kate.page.get_by_role("textbox", name="Message")).to_be_disabled()
+    other = pages()
+    other.page.get_by_label("Username").fill("kate")
+    other.page.get_by_label("Password").fill("not her password")
+    other.page.get_by_role("button", name="Log in").click()
+    expect(other.page.get_by_role("alert")).to_have_text("Invalid username or password.")
+    other.page.get_by_label("Password").fill("pw")
+    other.page.get_by_role("button", name="Log in").click()
+    expect(other.rooms).to_be_visible()
 
 
 def fill_room(port: int, room: str, count: int) -> None:
