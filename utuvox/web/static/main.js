@@ -6,11 +6,14 @@ import { el, eventNode, formatSize } from "./render.js";
 import { Cancelled, download, upload } from "./transfers.js";
 
 const $ = (id) => document.getElementById(id);
-const HISTORY_PAGE = 100; // events per scroll-back page: each page is one short task to lay out
-const APPEND_BATCH = 200; // live events appended per task
-// Lines live in blocks of at most this many; a block out of view is skipped by layout as a whole
-// (content-visibility), so ten thousand lines of history cost about what a hundred blocks do.
-const BLOCK = 100;
+const HISTORY_PAGE = 100; // events per scroll-back request
+const APPEND_BATCH = 50; // live events appended per task
+// Lines live in blocks of at most BLOCK lines, and blocks in groups of at most GROUP blocks. A block or
+// group out of view is skipped by layout and paint as a whole (content-visibility), so ten thousand lines
+// of history cost the browser about what the twenty groups and the few blocks on screen do. Older
+// history comes in one block per task.
+const BLOCK = 25;
+const GROUP = 20;
 const LINE_PX = 25; // a line's usual height: a block's size until it is first laid out
 const NEAR_TOP = 400; // px from the top of a log at which the next page of history is fetched
 const ROOMS_REFRESH_MS = 10000; // rooms made by others show up within this (and when the page is back in view)
@@ -276,7 +279,7 @@ function makeView(kind, name) {
   const log = el("div", { class: "log", role: "log", "aria-label": "Messages", tabindex: "0", hidden: true }, top);
   const view = {
     kind, name, log, top, unread: 0, oldest: null, more: false, loading: false, queue: [], flushing: false,
-    lastBlock: null,
+    lastBlock: null, lastGroup: null,
   };
   if (kind === "room") {
     log.addEventListener("scroll", () => {
@@ -369,6 +372,12 @@ function block(lines) {
   return node;
 }
 
+const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+function group() {
+  return el("div", { class: "group" });
+}
+
 function flush(view) {
   const log = view.log;
   const stick = atBottom(log) || view.queue.some((node) => node.classList.contains("mine"));
@@ -376,7 +385,11 @@ function flush(view) {
   while (batch.length) {
     if (!view.lastBlock || view.lastBlock.childElementCount >= BLOCK) {
       view.lastBlock = block(BLOCK);
-      log.append(view.lastBlock);
+      if (!view.lastGroup || view.lastGroup.childElementCount >= GROUP) {
+        view.lastGroup = group();
+        log.append(view.lastGroup);
+      }
+      view.lastGroup.append(view.lastBlock);
     }
     view.lastBlock.append(...batch.splice(0, BLOCK - view.lastBlock.childElementCount));
   }
@@ -402,18 +415,28 @@ async function loadOlder(view) {
     view.loading = false;
     return;
   }
-  const lines = block(page.events.length);
-  for (const event of page.events) {
-    const node = eventNode(event, actions);
-    if (node) lines.append(node);
-  }
   if (page.events.length) view.oldest = page.events[0].seq;
   view.more = page.more && page.events.length > 0;
   const log = view.log;
-  const fromBottom = log.scrollHeight - log.scrollTop;
   log.setAttribute("aria-busy", "true"); // history is not news: screen readers need not read it out
-  view.top.after(lines);
-  log.scrollTop = log.scrollHeight - fromBottom;
+  // A block of lines per task, newest first, each put above the last: the page never stops for long.
+  for (let end = page.events.length; end > 0 && log.isConnected; end -= BLOCK) {
+    const events = page.events.slice(Math.max(0, end - BLOCK), end);
+    const lines = block(events.length);
+    for (const event of events) {
+      const node = eventNode(event, actions);
+      if (node) lines.append(node);
+    }
+    let first = view.top.nextElementSibling;
+    if (!first || first.childElementCount >= GROUP || first === view.lastGroup) {
+      first = group();
+      view.top.after(first);
+    }
+    const fromBottom = log.scrollHeight - log.scrollTop;
+    first.prepend(lines);
+    log.scrollTop = log.scrollHeight - fromBottom;
+    if (end > BLOCK) await nextTask();
+  }
   log.removeAttribute("aria-busy");
   view.top.textContent = view.more ? "" : `The beginning of ${view.name}.`;
   view.loading = false;
