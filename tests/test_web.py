@@ -286,6 +286,8 @@ def test_two_browsers_and_the_sdk_share_a_room(pages: Callable[..., Page], web_s
         path = sdk.run(sdk.client.download, shared.name, tmp_path)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
         expect(alice.page.get_by_role("list", name="File transfers")).to_contain_text("notes.bin uploaded")
+        files = bob.page.get_by_role("list", name="Files in this room")
+        expect(files.get_by_role("button", name="Download notes.bin")).to_be_visible()
         with bob.page.expect_download() as fetched:
             bob.log.get_by_role("button", name="Download notes.bin").click()
         assert hashlib.sha256(Path(fetched.value.path()).read_bytes()).hexdigest() == digest

@@ -113,7 +113,7 @@ class Site:
         """The Content-Security-Policy: this origin's own files only, no inline script or style, and
         WebSockets to this same host and port."""
         ws = b"wss" if self.secure else b"ws"
-        return (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+        return (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
                 b"connect-src 'self' " + ws + b"://" + host + b"; object-src 'none'; base-uri 'none'; "
                 b"form-action 'none'; frame-ancestors 'none'")
 

@@ -306,6 +306,7 @@ function show(view) {
   if (previous !== view) {
     view.log.scrollTop = view.log.scrollHeight;
     refreshPeople();
+    refreshFiles();
   }
   if (view.kind === "room") fillIfShort(view);
 }
@@ -345,6 +346,7 @@ $("close-view").addEventListener("click", async () => {
     $("view-title").textContent = "UtuVox";
     $("close-view").hidden = true;
     $("people").replaceChildren();
+    $("files-section").hidden = true;
     setComposer();
     renderRoomList();
   }
@@ -469,6 +471,7 @@ function onEvent(event) {
       renderRoomList();
     }
     if (PEOPLE_EVENTS.has(event.type) && view === state.current) refreshPeopleSoon();
+    if (event.type === "file" && event.action === "upload" && view === state.current) refreshFiles();
     return;
   }
   switch (event.type) {
@@ -533,6 +536,27 @@ async function refreshPeople() {
     }, el("span", null, user.name), " ", el("span", null, ...tags)));
   });
   $("people").replaceChildren(...items);
+}
+
+/** The files shared in the room shown, newest first, each with its download button. */
+async function refreshFiles() {
+  const view = state.current;
+  const section = $("files-section");
+  if (!view || view.kind !== "room") {
+    section.hidden = true;
+    return;
+  }
+  let reply;
+  try {
+    reply = await state.client.request({ type: "list_files", room: view.name });
+  } catch {
+    return;
+  }
+  if (view !== state.current) return;
+  section.hidden = reply.files.length === 0;
+  $("files").replaceChildren(...reply.files.reverse().map((file) => el("li", null,
+    el("button", { type: "button", class: "link", onclick: () => actions.download(file) }, `Download ${file.original}`),
+    el("span", { class: "about" }, ` ${formatSize(file.size)}, ${file.uploader}`))));
 }
 
 // --- sending ------------------------------------------------------------------------------------------------
