@@ -28,6 +28,7 @@ import trio
 from playwright.sync_api import expect, sync_playwright
 
 from utuvox.client import Client, connect
+from utuvox.protocol.admin import Kick as KickRequest
 from utuvox.server.web import Site, parse_origins
 
 from .processes import STARTUP
@@ -50,6 +51,7 @@ class WebServer:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = self.ws_port = 0
+        self.admin_key = ""
         self.start("0", "0")
 
     def start(self, port: str, ws_port: str) -> None:
@@ -63,7 +65,7 @@ class WebServer:
             chunk = self.proc.stdout.read1(4096)
             assert chunk, f"server exited early: {out!r}"
             out += chunk
-        self.port, self.ws_port = int(match[1]), int(match[4])
+        self.port, self.ws_port, self.admin_key = int(match[1]), int(match[4]), match[5].decode()
         assert match[6] == b"http" and int(match[7]) == self.ws_port
 
     @property
@@ -486,6 +488,18 @@ def test_a_wrong_password_is_told_and_a_room_can_be_left(pages: Callable[..., Pa
     other.page.get_by_label("Password").fill("pw")
     other.page.get_by_role("button", name="Log in").click()
     expect(other.rooms).to_be_visible()
+
+
+def test_a_kicked_page_says_so_and_does_not_come_back(pages: Callable[..., Page], web_server: WebServer) -> None:
+    leo = pages()
+    leo.sign_in("leo")
+    with sdk_client(web_server) as sdk:
+        sdk.run(sdk.client.register, "boss", "pw", admin_key=web_server.admin_key)
+        sdk.run(sdk.client.request, KickRequest(username="leo", reason="testing"))
+    expect(leo.page.get_by_role("status")).to_contain_text("Disconnected: You have been kicked")
+    expect(leo.page.get_by_role("textbox", name="Message")).to_be_disabled()
+    leo.page.wait_for_timeout(1000)  # longer than the first reconnect delays: none is made
+    expect(leo.page.get_by_role("status")).not_to_contain_text("Reconnect")
 
 
 def fill_room(port: int, room: str, count: int) -> None:

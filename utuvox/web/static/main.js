@@ -60,8 +60,7 @@ $("login-form").addEventListener("submit", async (submit) => {
   try {
     await state.client.signIn(username, password, register);
   } catch (exc) {
-    error.textContent = exc.code === "rate_limited" && exc.retryAfter
-      ? `${exc.message}` : exc.message || "Could not log in.";
+    error.textContent = exc.message || "Could not log in.";
     return;
   } finally {
     buttons.forEach((b) => (b.disabled = false));
@@ -104,8 +103,9 @@ function onState(kind, detail) {
     status("Reconnected.", 3000);
     refreshRooms();
     refreshPeople();
+    refreshFiles();
   } else if (kind === "closed" && state.me) {
-    status(`Disconnected: ${detail}. Reload the page to log in again.`);
+    status(`Disconnected: ${detail.replace(/\.$/, "")}. Reload the page to log in again.`);
     setComposer();
   }
 }
@@ -123,6 +123,7 @@ function roomEntry(name) {
 }
 
 async function refreshRooms() {
+  if (!state.client.ready) return; // after a reconnect, "reconnected" refreshes
   let list;
   try {
     list = await state.client.request({ type: "list_all_rooms" });
@@ -308,7 +309,7 @@ function show(view) {
     refreshPeople();
     refreshFiles();
   }
-  if (view.kind === "room") fillIfShort(view);
+  if (!view.flushing) fillIfShort(view); // otherwise once the lines waiting are in
 }
 
 function setComposer() {
@@ -396,8 +397,12 @@ function flush(view) {
     view.lastBlock.append(...batch.splice(0, BLOCK - view.lastBlock.childElementCount));
   }
   if (stick) log.scrollTop = log.scrollHeight;
-  if (view.queue.length) setTimeout(() => flush(view), 0);
-  else view.flushing = false;
+  if (view.queue.length) {
+    setTimeout(() => flush(view), 0);
+  } else {
+    view.flushing = false;
+    fillIfShort(view);
+  }
 }
 
 function notice(view, text) {
@@ -447,7 +452,7 @@ async function loadOlder(view) {
 
 /** Keep fetching while the reader is still at the top (or the log does not fill the screen yet). */
 function fillIfShort(view) {
-  if (view.more && !view.loading && !view.log.hidden && view.log.scrollTop < NEAR_TOP) {
+  if (view.kind === "room" && view.more && !view.loading && !view.log.hidden && view.log.scrollTop < NEAR_TOP) {
     setTimeout(() => loadOlder(view), 0);
   }
 }
