@@ -29,7 +29,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from utuvox.client import Client, connect
 from utuvox.protocol.admin import Kick as KickRequest
-from utuvox.server.web import Site, parse_origins
+from utuvox.server.web import Site, load_assets, parse_origins
 
 from .processes import STARTUP
 
@@ -709,3 +709,22 @@ def test_origins_are_compared_in_one_spelling() -> None:
     assert not site.origin_allowed(b"https://a.example", b"x")
     assert not site.origin_allowed(b"https://a.example:8443/path", b"x")
     assert Site(allowed_origins=parse_origins("*")).origin_allowed(b"null", None)
+
+
+def test_the_page_is_its_own_files_and_never_parses_user_text_as_html() -> None:
+    assets = load_assets()
+    expected = {"/", "/index.html", "/main.js", "/client.js", "/render.js", "/transfers.js", "/sha256.js", "/app.css"}
+    assert expected <= set(assets)
+    html = assets["/index.html"].body.decode()
+    # Everything the page loads is one of the shipped files: no CDN, no other origin, no inline script or style.
+    for ref in re.findall(r'(?:src|href)="([^"#]+)"', html):
+        assert "/" + ref in assets, ref
+    assert "<script>" not in html and "<style" not in html and "style=" not in html
+    assert not re.findall(r"<[^>]*\son\w+=", html)  # no inline event handlers
+    for path, asset in assets.items():
+        if path.endswith(".js"):
+            text = asset.body.decode()
+            for specifier in re.findall(r'from "([^"]+)"', text):
+                assert specifier.startswith("./") and specifier[1:] in assets, (path, specifier)
+            for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+                assert sink not in text, (path, sink)
