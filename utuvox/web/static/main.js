@@ -6,7 +6,7 @@ import { el, eventNode, formatSize } from "./render.js";
 import { Cancelled, download, upload } from "./transfers.js";
 
 const $ = (id) => document.getElementById(id);
-const HISTORY_PAGE = 100; // events per scroll-back request
+const HISTORY_PAGE = 200; // events per scroll-back request
 const APPEND_BATCH = 50; // live events appended per task
 // Lines live in blocks of at most BLOCK lines, and blocks in groups of at most GROUP blocks. A block or
 // group out of view is skipped by layout and paint as a whole (content-visibility), so ten thousand lines
@@ -15,8 +15,10 @@ const APPEND_BATCH = 50; // live events appended per task
 const BLOCK = 25;
 const GROUP = 20;
 const LINE_PX = 25; // a line's usual height: a block's size until it is first laid out
-const NEAR_TOP = 400; // px from the top of a log at which the next page of history is fetched
-const ROOMS_REFRESH_MS = 10000; // rooms made by others show up within this (and when the page is back in view)
+// How close to the top of a conversation (in screens) the next page of history is fetched: early enough
+// that a reader scrolling up rarely reaches the top before it is there.
+const NEAR_TOP = 2;
+const ROOMS_REFRESH_MS = 3000; // rooms made by others show up within this while the page is in view
 
 const state = {
   client: null,
@@ -78,8 +80,17 @@ function enterChat() {
     const first = $("room-list").querySelector("button");
     (first ?? $("new-room-name")).focus();
   });
-  state.roomsTimer = setInterval(refreshRooms, ROOMS_REFRESH_MS);
-  window.addEventListener("focus", refreshRooms);
+  // The server announces no new rooms: a page in view asks for the list every few seconds (it is kept in
+  // the server's memory), a page in the background not at all, and once more when it comes back.
+  state.roomsTimer = setInterval(() => document.hidden || refreshRooms(), ROOMS_REFRESH_MS);
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) return;
+    refreshRooms();
+    if (state.current?.unread) {
+      state.current.unread = 0;
+      renderRoomList();
+    }
+  });
 }
 
 $("logout").addEventListener("click", async () => {
@@ -284,7 +295,7 @@ function makeView(kind, name) {
   };
   if (kind === "room") {
     log.addEventListener("scroll", () => {
-      if (log.scrollTop < NEAR_TOP) loadOlder(view);
+      if (log.scrollTop < NEAR_TOP * log.clientHeight) loadOlder(view);
     }, { passive: true });
   }
   $("logs").append(log);
@@ -452,7 +463,8 @@ async function loadOlder(view) {
 
 /** Keep fetching while the reader is still at the top (or the log does not fill the screen yet). */
 function fillIfShort(view) {
-  if (view.kind === "room" && view.more && !view.loading && !view.log.hidden && view.log.scrollTop < NEAR_TOP) {
+  const log = view.log;
+  if (view.kind === "room" && view.more && !view.loading && !log.hidden && log.scrollTop < NEAR_TOP * log.clientHeight) {
     setTimeout(() => loadOlder(view), 0);
   }
 }
@@ -471,7 +483,7 @@ function onEvent(event) {
     const view = entry.view;
     append(view, event);
     const counts = event.type === "message" || (event.type === "file" && event.action === "upload");
-    if (counts && view !== state.current && event.user !== state.me) {
+    if (counts && (view !== state.current || document.hidden) && event.user !== state.me) {
       view.unread++;
       renderRoomList();
     }
@@ -484,7 +496,7 @@ function onEvent(event) {
       const other = roomKey(event.user) === roomKey(state.me) ? event.to : event.user;
       const entry = privateEntry(other);
       append(entry.view, event);
-      if (entry.view !== state.current) entry.view.unread++;
+      if (entry.view !== state.current || document.hidden) entry.view.unread++;
       renderRoomList();
       break;
     }
