@@ -218,7 +218,7 @@ async def test_the_web_client_over_https_allows_wss_to_itself(tmp_path: Path, pe
                                                               ca: trustme.CA) -> None:
     async with tls_server(tmp_path, pems) as srv:
         port = srv.ws_port
-        assert srv.startup_lines[3] == f"Web client at https://127.0.0.1:{port}/"
+        assert srv.startup_lines[-1] == f"Web client at https://127.0.0.1:{port}/"
 
         async def ask(head: str) -> bytes:
             stream = await open_tls(port, ca)

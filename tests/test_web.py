@@ -32,7 +32,7 @@ from utuvox.client import Client, connect
 from utuvox.protocol.admin import Kick as KickRequest
 from utuvox.server.web import Site, load_assets, parse_origins
 
-from .processes import STARTUP
+from .processes import STARTUP, WEB_CLIENT_LINE
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -62,12 +62,15 @@ class WebServer:
             stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **FAST_HASH})
         assert self.proc.stdout is not None
         out = b""
-        while not (match := STARTUP.search(out)):
+        while not (web := WEB_CLIENT_LINE.search(out)):
             chunk = self.proc.stdout.read1(4096)
             assert chunk, f"server exited early: {out!r}"
             out += chunk
-        self.port, self.ws_port, self.admin_key = int(match[1]), int(match[4]), match[5].decode()
-        assert match[6] == b"http" and int(match[7]) == self.ws_port
+        match = STARTUP.search(out)
+        assert match is not None, out
+        self.port, self.ws_port = int(match[1]), int(match[4])
+        self.admin_key = (self.data_dir / "admin_key.txt").read_text().strip()
+        assert web[1] == b"http" and int(web[2]) == self.ws_port
 
     @property
     def url(self) -> str:
@@ -532,6 +535,7 @@ def scroll_back(page: Page) -> list[float]:
     box = log.bounding_box()
     assert box is not None
     page.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    prioritize_browser()  # again: threads the browser started since
     # Long tasks from here on, as the Performance API reports them.
     page.page.evaluate("""() => {
         window.longTasks = [];
@@ -581,11 +585,11 @@ def test_ten_thousand_messages_of_scroll_back_never_block_the_page(pages: Callab
                                                                    web_server: WebServer) -> None:
     """Every history page is laid in as small blocks, one per task: no task over 50 ms (the Performance
     API's long tasks). The CPU is shared with whatever else the machine runs, so a long task can be the
-    scheduler's rather than the page's: an attempt that sees one is made again on a fresh page, up to three
+    scheduler's rather than the page's: an attempt that sees one is made again on a fresh page, up to four
     times. A page that really blocks its main thread blocks it every time."""
     fill_room(web_server.port, "archive", 10_000)
     attempts: list[list[float]] = []
-    for attempt in range(3):
+    for attempt in range(4):
         reader = pages()
         reader.sign_in("henry", register=attempt == 0)
         prioritized = prioritize_browser()
@@ -628,7 +632,7 @@ def get(path: str, port: int, extra: str = "") -> str:
 
 async def test_the_page_is_served_with_a_strict_content_security_policy(server) -> None:
     port = server.ws_port
-    assert f"Web client at http://127.0.0.1:{port}/" in server.startup_lines
+    assert server.startup_lines[-1] == f"Web client at http://127.0.0.1:{port}/"
     status, headers, body = await http(port, get("/", port))
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
     assert b'<script type="module" src="main.js"></script>' in body and b"<script>" not in body
