@@ -186,7 +186,8 @@ async def test_url_mistakes_are_one_line_and_exit_2(tmp_path: Path) -> None:
             f"http://127.0.0.1:{tcp}": "is not an UtuVox URL: the scheme must be tcp://, tcps://, ws:// or wss://",
             "tcp://127.0.0.1:99999": "the port in 'tcp://127.0.0.1:99999' is out of range (1-65535)",
             "tcp://127.0.0.1:http": "the port in 'tcp://127.0.0.1:http' is not a number",
-            f"tcp://127.0.0.1:{ws}": f"tcp://127.0.0.1:{ws} is a WebSocket (HTTP) port; it answered 'HTTP/1.1 426",
+            # The WebSocket port answers a plain GET with the web client's page.
+            f"tcp://127.0.0.1:{ws}": f"tcp://127.0.0.1:{ws} is a WebSocket (HTTP) port; it answered 'HTTP/1.1 200 OK'",
             f"ws://127.0.0.1:{tcp}": f"ws://127.0.0.1:{tcp} is UtuVox's TCP port, not its WebSocket port",
         }
         for bad, said in cases.items():
