@@ -1,51 +1,135 @@
-"""The SQLite store on its own: group commit isolates a failing write, history pages, migrations refuse
-a newer schema."""
+"""The store contract, run against every engine (SQLite and PostgreSQL): group commit isolates a failing
+write, the store numbers each room's events inside the commit, history pages, migrations refuse a newer
+schema."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from utuvox.store import Conflict, SchemaTooNew, SqliteStore, StoredEvent
+from utuvox.store.interface import SEQ_PLACEHOLDER
+from utuvox.store.postgres import PostgresStore
+
+from .databases import fresh_database
 
 
-def event(room_id: int, seq: int, text: str = "x") -> StoredEvent:
-    return StoredEvent(room_id, seq, 1767225600.0, "message", "bob", f'{{"text": "{text}"}}')
+def event(room_id: int, text: str = "x") -> StoredEvent:
+    body = f'{{"type":"message"{SEQ_PLACEHOLDER}"text":"{text}"}}'
+    return StoredEvent(room_id, 0, 1767225600.0, "message", "bob", body)
 
 
-async def test_a_failing_row_fails_alone_in_its_batch(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        room = await store.create_room("general", "bob")
-        outcomes: dict[int, BaseException | None] = {}
-        done = trio.Event()
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        opened: Any = await SqliteStore.open(tmp_path / "db")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(opened.run)
+            yield opened
+            nursery.cancel_scope.cancel()
+        await opened.close()
+        return
+    with fresh_database() as url:
+        opened = await PostgresStore.open(url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(opened.run)
+            yield opened
+            nursery.cancel_scope.cancel()
+        await opened.close()
 
-        def recorder(key: int):
-            def on_commit(error: BaseException | None) -> None:
-                outcomes[key] = error
-                if len(outcomes) == 4:
-                    done.set()
-            return on_commit
 
-        # queued together, committed in one transaction; key 2 repeats seq 1
-        for key, seq in [(1, 1), (2, 1), (3, 2), (4, 3)]:
-            store.submit_event(event(room.id, seq, f"k{key}"), recorder(key))
-        await done.wait()
-        assert outcomes[1] is None and outcomes[3] is None and outcomes[4] is None
-        assert isinstance(outcomes[2], Conflict)
-        rows = await store.history(room.id, before=None, limit=10)
-        assert [(r.seq, r.body) for r in rows] == [(1, '{"text": "k1"}'), (2, '{"text": "k3"}'), (3, '{"text": "k4"}')]
-        assert store.commits == 1 + 1  # the room, then the four rows together
-        page = await store.history(room.id, before=3, limit=1)
-        assert [r.seq for r in page] == [2]
-        with pytest.raises(Conflict):
-            await store.create_room("GENERAL", "alice")
-        nursery.cancel_scope.cancel()
-    await store.close()
+def collect(outcomes: dict[int, tuple[int, BaseException | None]], expected: int, done: trio.Event):
+    def recorder(key: int):
+        def on_commit(seq: int, error: BaseException | None) -> None:
+            outcomes[key] = (seq, error)
+            if len(outcomes) == expected:
+                done.set()
+        return on_commit
+    return recorder
+
+
+async def test_events_are_numbered_in_the_commit_and_a_failing_write_fails_alone(store: Any) -> None:
+    general = await store.create_room("general", "bob")
+    other = await store.create_room("other", "bob")
+    gone = await store.create_room("gone", "bob")
+    commits = store.commits
+    outcomes: dict[int, tuple[int, BaseException | None]] = {}
+    done = trio.Event()
+    recorder = collect(outcomes, 6, done)
+    # queued together, committed in one transaction: numbers per room; a taken name fails alone, and so
+    # does an event of a room deleted earlier in the same batch (it takes no number)
+    # (ops in SQL both engines speak, queued with no await between them: one batch)
+    failures: list[BaseException | None] = []
+    store.submit_event(event(general.id, "g1"), recorder(1))
+    store.submit_event(event(other.id, "o1"), recorder(2))
+    store.submit(lambda c: c.execute(f"DELETE FROM rooms WHERE id = {gone.id}"), lambda _r, e: failures.append(e))
+    store.submit_event(event(gone.id, "lost"), recorder(3))
+    store.submit_event(event(general.id, "g2"), recorder(4))
+    taken = "INSERT INTO rooms(name, name_key, created_at) VALUES ('General', 'general', 'x')"
+    store.submit(lambda c: c.execute(taken), lambda _r, e: failures.append(e))
+    store.submit_event(event(general.id, "g3"), recorder(5))
+    store.submit_event(event(other.id, "o2"), recorder(6))
+    await done.wait()
+    assert [outcomes[k][0] for k in (1, 2, 4, 5, 6)] == [1, 1, 2, 3, 2]
+    assert all(outcomes[k][1] is None for k in (1, 2, 4, 5, 6))
+    assert outcomes[3][1] is not None
+    assert failures[0] is None and isinstance(failures[1], Conflict)
+    assert store.commits == commits + 1
+    rows = await store.history(general.id, before=None, limit=10)
+    assert [(r.seq, r.body) for r in rows] == [(s, f'{{"type":"message","seq":{s},"text":"g{s}"}}') for s in (1, 2, 3)]
+    assert await store.last_seq(general.id) == 3 and await store.last_seq(other.id) == 2
+    assert [r.seq for r in await store.history(general.id, before=3, limit=1)] == [2]
+    assert [r.seq for r in await store.events_after(general.id, 1, 10)] == [2, 3]
+    assert [r.seq for r in await store.events_after(general.id, 0, 2)] == [1, 2]
+    with pytest.raises(Conflict):
+        await store.create_room("GENERAL", "alice")
+
+
+async def test_a_deleted_room_s_name_starts_its_numbers_over(store: Any) -> None:
+    first = await store.create_room("lobby", None)
+    for _ in range(3):
+        await commit(store, event(first.id))
+    await store.delete_room(first.id)
+    second = await store.create_room("lobby", None)
+    assert await commit(store, event(second.id)) == 1
+    assert await store.get_room("LOBBY") == second
+
+
+async def commit(store: Any, stored: StoredEvent) -> int:
+    done = trio.Event()
+    got: list[tuple[int, BaseException | None]] = []
+
+    def on_commit(seq: int, error: BaseException | None) -> None:
+        got.append((seq, error))
+        done.set()
+
+    store.submit_event(stored, on_commit)
+    await done.wait()
+    assert got[0][1] is None
+    return got[0][0]
+
+
+async def test_users_files_and_the_admin_log(store: Any) -> None:
+    user = await store.create_user("Bob", "hash", is_admin=False, is_bot=True)
+    with pytest.raises(Conflict):
+        await store.create_user("BOB", "hash", is_admin=False, is_bot=False)
+    assert await store.update_user("bob", banned=True, ban_reason="spam")
+    assert (await store.get_user("BOB")).banned and (await store.get_user("bob")).id == user.id
+    assert not await store.update_user("nobody", banned=True)
+    room = await store.create_room("files", "Bob")
+    record = await store.add_file(name="a.txt", room_id=room.id, original="a.txt", size=3, sha256="00", uploader="Bob")
+    assert record.room == "files" and await store.get_file("a.txt") == record
+    assert await store.file_names() == {"a.txt"}
+    assert [f.name for f in await store.delete_files_of_room(room.id)] == ["a.txt"]
+    await store.add_admin_log(actor="Bob", via="tcp", action="kick", target="eve", outcome="ok", detail=None)
+    await store.add_admin_log(actor="Ann", via="tcp", action="ban_user", target="eve", outcome="ok", detail="x")
+    assert [r.action for r in await store.admin_log(actor="Ann")] == ["ban_user"]
+    assert [r.actor for r in await store.admin_log()] == ["Bob", "Ann"]
 
 
 async def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
@@ -61,6 +145,22 @@ async def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 999
     assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("future",)]
     conn.close()
+
+
+async def test_nodes_starting_together_migrate_once() -> None:
+    with fresh_database() as url:
+        stores: list[PostgresStore] = []
+
+        async def open_one() -> None:
+            stores.append(await PostgresStore.open(url))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(open_one)
+        versions = await stores[0].read(lambda c: c.execute("SELECT version FROM schema_version").fetchall())
+        assert [v["version"] for v in versions] == [1]
+        for opened in stores:
+            await opened.close()
 
 
 async def test_writes_after_the_committer_stopped_fail_instead_of_hanging(tmp_path: Path) -> None:

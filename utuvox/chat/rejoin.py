@@ -30,7 +30,7 @@ class Rejoins:
 
     def started(self, rooms: Iterable[Room]) -> None:
         self._deadline = trio.current_time() + self.grace
-        self._first_seq = {room.id: room.next_seq for room in rooms}
+        self._first_seq = {room.id: room.delivered + 1 for room in rooms}
 
     @property
     def open(self) -> bool:

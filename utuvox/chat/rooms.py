@@ -1,38 +1,45 @@
-"""A room's live state: its sequence counter and its most recent events, kept in memory so that a
-join (last 50) and the first pages of history never touch the disk."""
+"""A room's live state: how far its events have been delivered here, and its most recent events, kept in
+memory so that a join (last 50) and the first pages of history never touch the disk.
+
+The store numbers events (inside the commit); a room only follows: ``delivered`` is the last sequence
+number handed to this node's members, and events committed out of that order wait in ``waiting``."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from utuvox.protocol.core import RoomEventUnion
 
+from .wire import Wire
+
+Delivered = Callable[[int, BaseException | None], None]
+
 
 @dataclass(eq=False)
 class Room:
     id: int
     name: str
-    next_seq: int  # the sequence number the next event will get
+    delivered: int  # the last sequence number published to this node's members
     recent_max: int
     recent: deque[RoomEventUnion] = field(init=False)
     loaded: bool = False  # whether `recent` holds everything up to the newest event
     load_lock: trio.Lock = field(default_factory=trio.Lock)
     deleted: bool = False
+    # Events committed here beyond a gap, by seq, with whom to tell once they are published.
+    waiting: dict[int, tuple[Wire, Delivered]] = field(default_factory=dict)
+    known: int = 0  # the highest sequence number known to be committed (by any node)
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.recent_max)
+        self.known = max(self.known, self.delivered)
 
     @property
     def key(self) -> str:
         return self.name.lower()
-
-    def take_seq(self) -> int:
-        seq = self.next_seq
-        self.next_seq += 1
-        return seq
 
     def remember(self, event: RoomEventUnion) -> None:
         self.recent.append(event)

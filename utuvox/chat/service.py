@@ -15,15 +15,17 @@ from typing import Any
 
 import trio
 
-from utuvox.protocol import Code, ProtocolError, Reply, Request, utc_now
+from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, utc_now
 from utuvox.protocol import core as p
 from utuvox.protocol.schema import SERVER_FRAME
 from utuvox.protocol.text_codec import COMMANDS
-from utuvox.store import Conflict, Store, StoredEvent, StoreError
+from utuvox.store import Conflict, RoomRecord, Store, StoredEvent, StoreError
 
 from .admin_key import AdminKey
 from .bus import Bus
 from .config import ChatConfig
+from .delivery import InOrder
+from .elsewhere import Elsewhere, SingleNode
 from .limits import Limits
 from .passwords import Passwords
 from .rejoin import Rejoins
@@ -52,6 +54,9 @@ class Chat:
         # Set when the server shuts down: the sessions it closes are not people leaving (see rejoin.py).
         self.stopping = False
         self.rejoins = Rejoins(config.rejoin_grace)
+        # Other nodes of a cluster (none by default), and in-order delivery of what any node commits.
+        self.elsewhere: Elsewhere = SingleNode()
+        self.delivery = InOrder(store, self.publish)
         self.handlers: dict[str, Handler] = {
             "register": self._register,
             "login": self._login,
@@ -77,10 +82,9 @@ class Chat:
         self.on_room_deleted: list[Callable[[Room], Awaitable[None]]] = []
 
     async def start(self) -> None:
-        """Load the rooms and their sequence counters."""
+        """Load the rooms and how far their events go."""
         for record in await self.store.list_rooms():
-            last = await self.store.last_seq(record.id)
-            self.rooms[record.name.lower()] = Room(record.id, record.name, last + 1, self.config.recent_cache)
+            await self.adopt_room(record)
         self.rejoins.started(self.rooms.values())
 
     async def close_rejoins(self) -> None:
@@ -103,6 +107,25 @@ class Chat:
         for room in list(self.rooms.values()):
             await self.ensure_loaded(room)
 
+    async def adopt_room(self, record: RoomRecord) -> Room:
+        """The live state of a stored room, made on first sight (at start, or created by another node)."""
+        last = await self.store.last_seq(record.id)
+        room = self.rooms.get(record.name.lower())
+        if room is None or room.id != record.id:
+            room = self.rooms[record.name.lower()] = Room(record.id, record.name, last, self.config.recent_cache)
+        return room
+
+    async def find_room(self, name: str) -> Room:
+        """The named room; one another node created may not have been heard of yet: ask the store."""
+        room = self.rooms.get(name.lower())
+        if room is None and not isinstance(self.elsewhere, SingleNode):
+            record = await self.store.get_room(name)
+            if record is not None:
+                room = await self.adopt_room(record)
+        if room is None:
+            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{name}' does not exist.")
+        return room
+
     # --- sessions -------------------------------------------------------------------------------
 
     def connect(self, session: Session) -> None:
@@ -121,6 +144,7 @@ class Chat:
                 await self._part(session, room, record=not self.stopping)
         session.rooms.clear()
         self._forget_user(session)
+        self.elsewhere.gone(session)
 
     def _forget_user(self, session: Session) -> None:
         if session.user is None:
@@ -135,6 +159,7 @@ class Chat:
         session.user = identity
         self.by_user.setdefault(identity.key, {})[session] = None
         self.limits.signed_in(session, identity)
+        self.elsewhere.changed(session)
 
     def sessions_of(self, username: str) -> list[Session]:
         return list(self.by_user.get(username.lower(), ()))
@@ -191,42 +216,47 @@ class Chat:
         return room
 
     def user_in_room(self, room: Room, username: str, *, besides: Session | None = None) -> bool:
+        """Whether the user has a session in the room, on this node or another."""
         key = username.lower()
         return any(s.user is not None and s.user.key == key and s is not besides
-                   for s in self.bus.members(room.key))
+                   for s in self.bus.members(room.key)) or self.elsewhere.in_room(room.key, key)
 
     def publish(self, room: Room, wire: Wire) -> None:
         room.remember(wire.event)  # type: ignore[arg-type]
         self.bus.publish(room.key, wire)
 
     def record(self, room: Room, event: p.MessageEvent | p.JoinEvent | p.LeaveEvent | p.FileEvent,
-               on_done: Callable[[BaseException | None], None] | None = None) -> Wire:
-        """Queue a room event for commit; once durable it is remembered and published, then
-        ``on_done(None)`` runs (or ``on_done(error)`` and nothing is published)."""
-        wire = Wire(event)
+               on_done: Callable[[int, BaseException | None], None] | None = None) -> None:
+        """Queue a room event (made with ``seq=0``) for commit. The store numbers it; once durable it is
+        remembered and published in seq order, then ``on_done(seq, None)`` runs (or ``on_done(0, error)``
+        and nothing is published)."""
+        line = json_codec.encode(event)
+        kind, user = event.type, event.user
 
-        def committed(error: BaseException | None) -> None:
-            if error is None and not room.deleted:
-                self.publish(room, wire)
-            if on_done is not None:
-                on_done(error)
+        def committed(seq: int, error: BaseException | None) -> None:
+            if error is not None or room.deleted:
+                if on_done is not None:
+                    on_done(seq, error)
+                return
+            wire = Wire.encoded(event.model_copy(update={"seq": seq}),
+                                line.replace(b',"seq":0,', b',"seq":%d,' % seq, 1))
+            self.delivery.committed(room, seq, wire, on_done or _nothing)
 
-        stored = StoredEvent(room.id, event.seq, event.ts.timestamp(), event.type, event.user, wire.json[:-1].decode())
-        self.store.submit_event(stored, committed)
-        return wire
+        self.store.submit_event(StoredEvent(room.id, 0, event.ts.timestamp(), kind, user, line[:-1].decode()),
+                                committed)
 
     async def record_and_wait(self, room: Room, make: Callable[[int], Any]) -> None:
-        """Commit a room event built by ``make(seq)`` and wait until it is durable and published."""
+        """Commit a room event built by ``make(0)`` and wait until it is durable and published."""
         await self.store.wait_for_room()
         done = trio.Event()
         failure: list[BaseException] = []
 
-        def on_done(error: BaseException | None) -> None:
+        def on_done(_seq: int, error: BaseException | None) -> None:
             if error is not None:
                 failure.append(error)
             done.set()
 
-        self.record(room, make(room.take_seq()), on_done)
+        self.record(room, make(0), on_done)
         await done.wait()
         if failure:
             raise StoreError(str(failure[0]))
@@ -245,10 +275,14 @@ class Chat:
         return SERVER_FRAME.validate_json(stored.body)
 
     def unique_users(self, room: Room) -> list[p.UserInfo]:
+        """The room's users, each once however many sessions (on however many nodes) they have in it."""
         seen: dict[str, p.UserInfo] = {}
         for s in self.bus.members(room.key):
             if s.user is not None and s.user.key not in seen:
                 seen[s.user.key] = p.UserInfo(name=s.user.name, is_admin=s.user.is_admin, is_bot=s.user.is_bot)
+        for r in self.elsewhere.room_members(room.key):
+            if r.user is not None and r.user.lower() not in seen:
+                seen[r.user.lower()] = p.UserInfo(name=r.user, is_admin=r.is_admin, is_bot=r.is_bot)
         return sorted(seen.values(), key=lambda u: u.name.lower())
 
     # --- accounts -------------------------------------------------------------------------------
@@ -292,7 +326,8 @@ class Chat:
             log.info("banned user %s refused from %s", user.name, session.address)
             reason = f": {user.ban_reason}" if user.ban_reason else "."
             raise ProtocolError(Code.BANNED, f"You are banned from this server{reason}")
-        self.limits.check_sessions(len(self.by_user.get(user.name.lower(), ())))
+        self.limits.check_sessions(len(self.by_user.get(user.name.lower(), ()))
+                                   + len(self.elsewhere.sessions_of(user.name.lower())))
         if self.passwords.needs_rehash(user.password_hash):
             await self.store.update_user(user.name, password_hash=await self.passwords.hash(req.password))
         self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
@@ -321,15 +356,16 @@ class Chat:
             record = await self.store.create_room(req.room, me.name)
         except Conflict:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.") from None
-        room = Room(record.id, record.name, 1, self.config.recent_cache)
+        room = Room(record.id, record.name, 0, self.config.recent_cache)
         room.loaded = True
         self.rooms[room.key] = room
+        self.elsewhere.tell("room_created", id=room.id, name=room.name)
         log.info("room %s created by %s", room.name, me.name)
         joined = await self._enter(session, room, req)
         return joined.model_copy(update={"created": True})
 
     async def _join(self, session: Session, req: p.Join) -> Reply:
-        room = self.room(req.room)
+        room = await self.find_room(req.room)
         if room.name not in session.rooms:
             self._check_join(session, room)
         return await self._enter(session, room, req)
@@ -356,13 +392,15 @@ class Chat:
             # From the snapshot to the subscription there is no await: nothing can fall between them.
             self.bus.subscribe(room.key, session)
             session.rooms.append(room.name)
+            self.elsewhere.changed(session)
         recent = list(room.recent)[-self.config.join_history:]
-        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.next_seq - 1)
+        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.delivered)
 
     async def _part(self, session: Session, room: Room, *, record: bool = True) -> None:
         self.bus.unsubscribe(room.key, session)
         if room.name in session.rooms:
             session.rooms.remove(room.name)
+            self.elsewhere.changed(session)
         me = session.user
         if record and me is not None and not room.deleted and not self.user_in_room(room, me.name):
             try:
@@ -385,21 +423,20 @@ class Chat:
             raise ProtocolError(Code.EMPTY, "Message is empty.")
         if len(req.text) > self.config.max_message_chars:
             raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
-        # Back-pressure first (a pipelining sender may only get so far ahead of the disk), then number
-        # and queue the event with no await in between, so sequence numbers reach the store in order.
+        # Back-pressure first (a pipelining sender may only get so far ahead of the disk), then queue the
+        # event with no await in between: the store numbers it inside the commit, in the order queued.
         if session.unacked >= self.config.max_unacked:
             await session.settle(below=self.config.max_unacked)
         if self.store.backlogged:
             await self.store.wait_for_room()
         if room.deleted:  # while this session waited above
             raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
-        seq = room.take_seq()
-        event = p.MessageEvent(ts=utc_now(), room=room.name, seq=seq, user=me.name, text=req.text,
+        event = p.MessageEvent(ts=utc_now(), room=room.name, seq=0, user=me.name, text=req.text,
                                action=True if req.action else None)
         peer = session.peer
         session.write_started()
 
-        def acknowledged(error: BaseException | None) -> None:
+        def acknowledged(seq: int, error: BaseException | None) -> None:
             if error is None:
                 self.messages_sent += 1
                 peer.acknowledge(req, room.name, seq)
@@ -418,16 +455,24 @@ class Chat:
         if len(req.text) > self.config.max_message_chars:
             raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
         targets = self.sessions_of(req.to)
-        if not targets:
+        remote = self.elsewhere.sessions_of(req.to.lower())
+        if not targets and not remote:
             if await self.store.get_user(req.to) is None:
                 raise ProtocolError(Code.NO_SUCH_USER, f"User '{req.to}' does not exist.")
             raise ProtocolError(Code.USER_OFFLINE, f"User '{req.to}' is not online.")
-        wire = Wire(p.PrivateMessage(user=me.name, to=targets[0].user.name if targets[0].user else req.to,
-                                     text=req.text))
+        to = targets[0].user.name if targets and targets[0].user else (remote[0].user if remote else None) or req.to
+        event = p.PrivateMessage(user=me.name, to=to, text=req.text)
         await self.settle_user(session)
-        for target in targets:
-            target.peer.deliver(wire)
+        self.deliver_private(event)
+        if remote:
+            self.elsewhere.tell("private_message", event=event.model_dump(mode="json"))
         return p.Ok(re=req.id)
+
+    def deliver_private(self, event: p.PrivateMessage) -> None:
+        """Hand a private message to the recipient's sessions on this node."""
+        wire = Wire(event)
+        for target in self.sessions_of(event.to):
+            target.peer.deliver(wire)
 
     async def _history(self, session: Session, req: p.History) -> Reply:
         room = self.room(req.room) if req.room else self.my_room(session, None)
@@ -452,8 +497,11 @@ class Chat:
 
     async def _list_all_users(self, session: Session, req: p.ListAllUsers) -> Reply:
         online = [next(iter(sessions)).user for sessions in self.by_user.values() if sessions]
-        users = sorted((p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot) for u in online if u),
-                       key=lambda u: u.name.lower())
+        seen = {u.key: p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot) for u in online if u}
+        for r in self.elsewhere.sessions():
+            if r.user is not None and r.user.lower() not in seen:
+                seen[r.user.lower()] = p.UserInfo(name=r.user, is_admin=r.is_admin, is_bot=r.is_bot)
+        users = sorted(seen.values(), key=lambda u: u.name.lower())
         return p.UserList(re=req.id, users=users)
 
     async def _list_users_in_room(self, session: Session, req: p.ListUsersInRoom) -> Reply:
@@ -489,3 +537,7 @@ class Chat:
         # that says something and leaves knows it was stored.
         session.peer.close("Goodbye.", "quit")
         return None
+
+
+def _nothing(_seq: int, _error: BaseException | None) -> None:
+    pass

@@ -19,6 +19,17 @@ class Wire:
         self._text_there: bytes | None = None
         self._framed: tuple[Callable[[bytes], bytes], bytes] | None = None
 
+    @classmethod
+    def encoded(cls, event: Event, json: bytes) -> Wire:
+        """A wire for ``event`` whose JSON line is already made (numbered by the store, or read from it)."""
+        wire = cls.__new__(cls)
+        wire.event = event
+        wire.room = getattr(event, "room", None)
+        wire.json = json
+        wire._text_here = wire._text_there = None
+        wire._framed = None
+        return wire
+
     def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
         """The JSON line as a transport frames it (a WebSocket text frame), made once per event."""
         cached = self._framed

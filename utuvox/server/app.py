@@ -118,6 +118,7 @@ class Server:
         async with trio.open_nursery() as services:
             await services.start(self.flusher.run)
             self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
+            await services.start(chat.delivery.run)
             self.files = await services.start(install_files(chat, s.file_config()).run)
             install_upload_quota(chat)
             await services.start(self.watchdog.run)

@@ -77,7 +77,19 @@ class FileRecord:
     created_at: str
 
 
-CommitCallback = Callable[[BaseException | None], None]
+CommitCallback = Callable[[int, BaseException | None], None]
+"""Called with the sequence number the store gave the event and ``None``, or with ``0`` and the error."""
+
+# The store numbers each room's events inside the commit, so that seq order is commit order even with
+# several server processes writing one room. A submitted event's body carries this placeholder where its
+# number goes; :func:`numbered` puts the number in. JSON escapes every quote inside a string, so the
+# placeholder can only ever match the field itself.
+SEQ_PLACEHOLDER = ',"seq":0,'
+
+
+def numbered(body: str, seq: int) -> str:
+    """``body`` (the JSON of an event made with ``seq=0``) with its sequence number filled in."""
+    return body.replace(SEQ_PLACEHOLDER, f',"seq":{seq},', 1)
 
 
 class Store(Protocol):
@@ -101,8 +113,10 @@ class Store(Protocol):
 
     # room history
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        """Queue one event for the next group commit and return at once; ``on_commit`` runs (in the
-        event loop, in commit order) with ``None`` once it is durable, or with the error."""
+        """Queue one event for the next group commit and return at once. The store numbers it inside
+        the commit (``event.seq`` is ignored; its body carries :data:`SEQ_PLACEHOLDER`): ``on_commit``
+        runs (in the event loop, in commit order) with the sequence number once it is durable, or with
+        ``0`` and the error."""
 
     @property
     def backlogged(self) -> bool:
@@ -113,6 +127,10 @@ class Store(Protocol):
 
     async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events with ``seq < before`` (or the latest), oldest first."""
+
+    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events with ``seq > after``, oldest first: how a node catches up on a room
+        that other nodes wrote to."""
 
     # files (the bytes live in the uploads directory under ``name``; the store keeps what describes them)
     async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,

@@ -61,3 +61,66 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
+
+# PostgreSQL's schema, versioned in the table ``schema_version``. Events are numbered inside the commit
+# from ``rooms.last_seq``: the writer locks the counter rows of the rooms its batch writes to (in id
+# order, so two nodes never deadlock on them), so a room's numbers are taken in commit order.
+PG_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE users (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            is_admin BOOLEAN NOT NULL DEFAULT FALSE,
+            is_bot BOOLEAN NOT NULL DEFAULT FALSE,
+            banned BOOLEAN NOT NULL DEFAULT FALSE,
+            ban_reason TEXT,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE rooms (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,
+            created_by TEXT,
+            created_at TEXT NOT NULL,
+            last_seq BIGINT NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE events (
+            room_id BIGINT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+            seq BIGINT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            type TEXT NOT NULL,
+            "user" TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (room_id, seq)
+        )""",
+        """CREATE TABLE files (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            room_id BIGINT NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+            original TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            uploader TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX files_room ON files(room_id)",
+        """CREATE TABLE admin_log (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            via TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT
+        )""",
+        "CREATE INDEX admin_log_ts ON admin_log(ts)",
+        "CREATE INDEX admin_log_actor ON admin_log(actor, id)",
+        # Settings of the whole cluster (the admin key).
+        "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+}
+
+PG_SCHEMA_VERSION = max(PG_MIGRATIONS)

@@ -1,11 +1,6 @@
-"""The SQLite store: WAL mode, a schema version with migrations, one writer with group commit, and
-reads on worker threads so the event loop never waits for the disk.
-
-Group commit: writers queue an operation and (usually) wait. A single committer task takes everything
-queued, runs it in one transaction on a worker thread, and wakes the waiters. While that transaction
-runs, new operations pile up for the next one, so under load a commit carries hundreds of rows and the
-per-message cost of durability falls to almost nothing. Each operation runs inside its own SAVEPOINT,
-so one failing operation (a taken name) does not undo its neighbours.
+"""The SQLite store: WAL mode, a schema version with migrations, one writer with group commit (see
+group_commit.py), and reads on worker threads so the event loop never waits for the disk. Each operation
+runs inside its own SAVEPOINT, so one failing operation (a taken name) does not undo its neighbours.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives the process being killed at any moment (the
 WAL is written before a commit returns); only a power loss can roll back the last commits.
@@ -17,15 +12,13 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
+from .group_commit import GroupCommit, Outcome, Pending
 from .interface import (
     AdminLogRecord,
     CommitCallback,
@@ -35,8 +28,15 @@ from .interface import (
     StoredEvent,
     StoreError,
     UserRecord,
+    numbered,
 )
 from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .rows import FILE_SELECT as _FILE_SELECT
+from .rows import SchemaTooNew
+from .rows import file_record as _file
+from .rows import now as _now
+from .rows import room_record as _room
+from .rows import user_record as _user
 
 log = logging.getLogger("utuvox.store")
 
@@ -47,72 +47,21 @@ def _event_row(event: StoredEvent) -> tuple[Any, ...]:
     return (event.room_id, event.seq, event.ts, event.type, event.user, event.body)
 
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection], Any]
 
 
-class SchemaTooNew(StoreError):
-    pass
-
-
-@dataclass(slots=True)
-class _Pending:
-    op: Op | None  # None for a history row: see ``row``
-    on_done: Callable[[Any, BaseException | None], None]
-    # For a history row: the row itself, so consecutive rows go in with one executemany.
-    row: tuple[Any, ...] | None = None
-
-
-@dataclass
-class _Waiter:
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Any = None
-    error: BaseException | None = None
-
-    def __call__(self, result: Any, error: BaseException | None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _user(row: sqlite3.Row) -> UserRecord:
-    return UserRecord(row["id"], row["name"], row["password_hash"], bool(row["is_admin"]), bool(row["is_bot"]),
-                      bool(row["banned"]), row["ban_reason"], row["created_at"])
-
-
-def _room(row: sqlite3.Row) -> RoomRecord:
-    return RoomRecord(row["id"], row["name"], row["created_by"], row["created_at"])
-
-
-_FILE_SELECT = ("SELECT files.*, rooms.name AS room_name FROM files JOIN rooms ON rooms.id = files.room_id")
-
-
-def _file(row: sqlite3.Row) -> FileRecord:
-    return FileRecord(row["id"], row["name"], row["room_id"], row["room_name"], row["original"], row["size"],
-                      row["sha256"], row["uploader"], row["created_at"])
-
-
-class SqliteStore:
+class SqliteStore(GroupCommit[sqlite3.Connection]):
     """One database file. Create with :meth:`open`, run :meth:`run` in a nursery, then use."""
 
     def __init__(self, path: Path, *, max_pending: int = 50_000, max_batch: int = 1000, read_threads: int = 4) -> None:
+        super().__init__(max_pending=max_pending, max_batch=max_batch)
         self.path = path
-        self._pending: deque[_Pending] = deque()
-        self._max_pending = max_pending
-        # A batch's events are published together when it commits; capping it caps the burst any one
-        # member's queue receives at once.
-        self._max_batch = max_batch
-        self._wake = trio.lowlevel.ParkingLot()
-        self._space = trio.lowlevel.ParkingLot()
         self._reads = trio.CapacityLimiter(read_threads)
-        self._writes = trio.CapacityLimiter(1)
         self._local = threading.local()
         self._writer: sqlite3.Connection | None = None
-        self._closed = False
-        self.commits = 0  # transactions committed, for statistics
-        self.committed_ops = 0
+        # Each room's last sequence number, numbered inside the commit (only the writer thread touches it;
+        # a room is read from the table the first time a batch writes to it).
+        self._last_seq: dict[int, int] = {}
+        self._forget: set[int] = set()  # rooms deleted in the transaction being committed
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -195,67 +144,56 @@ class SqliteStore:
             if conn is not None:
                 conn.close()
 
-    async def _commit_forever(self) -> None:
-        try:
-            while True:
-                if not self._pending:
-                    await self._wake.park()
-                await self._commit_once()
-        finally:
-            # On cancellation (shutdown), whatever was queued is still committed: it may have been
-            # promised to a client already.
-            with trio.CancelScope(shield=True):
-                while self._pending and self._writer is not None:
-                    await self._commit_once()
-            # From now on nobody would commit a queued write: refuse new ones instead of letting
-            # their writers wait forever.
-            self._closed = True
+    def _next_seq(self, conn: sqlite3.Connection, numbers: dict[int, int], room_id: int) -> int:
+        last = numbers.get(room_id)
+        if last is None:
+            last = self._last_seq.get(room_id)
+        if last is None:
+            last = conn.execute("SELECT MAX(seq) FROM events WHERE room_id = ?", (room_id,)).fetchone()[0] or 0
+        return last + 1
 
-    # --- group commit ---------------------------------------------------------------------------
+    def _number(self, conn: sqlite3.Connection, numbers: dict[int, int], row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The row with the next sequence number of its room (counted in ``numbers``) in it."""
+        room_id, _seq, ts, kind, user, body = row
+        seq = numbers[room_id] = self._next_seq(conn, numbers, room_id)
+        return (room_id, seq, ts, kind, user, numbered(body, seq))
 
-    async def _commit_once(self) -> None:
-        pending = self._pending
-        batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
-        self._space.unpark_all()
-        if not batch:
-            return
-        outcomes = await trio.to_thread.run_sync(self._commit_sync, batch, limiter=self._writes)
-        self.commits += 1
-        self.committed_ops += len(batch)
-        for item, (result, error) in zip(batch, outcomes, strict=True):
-            try:
-                item.on_done(result, error)
-            except Exception:
-                # A failing callback must not stop the committer: every later writer would hang.
-                log.exception("commit callback failed")
+    @property
+    def _can_write(self) -> bool:
+        return self._writer is not None
 
-    def _commit_sync(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
+    def _commit_sync(self, batch: list[Pending[sqlite3.Connection]]) -> list[Outcome]:
         conn = self._writer
         assert conn is not None
-        outcomes: list[tuple[Any, BaseException | None]] = []
+        outcomes: list[Outcome] = []
+        # Sequence numbers given out in this transaction; they count only once it commits.
+        numbers: dict[int, int] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             i, n = 0, len(batch)
             while i < n:
                 if batch[i].row is None:
-                    outcomes.append(self._run_one(conn, batch[i]))
+                    outcomes.append(self._run_one(conn, batch[i], numbers))
                     i += 1
                     continue
                 # A run of history rows (the common case under load): one statement for all of them;
-                # only if it fails, one at a time, so a bad row fails alone.
+                # only if it fails, one at a time, so a bad row fails alone (and takes no number).
                 j = i
                 while j < n and batch[j].row is not None:
                     j += 1
                 run = batch[i:j]
+                before = dict(numbers)
+                rows = [self._number(conn, numbers, item.row) for item in run]  # type: ignore[arg-type]
                 conn.execute("SAVEPOINT rows")
                 try:
-                    conn.executemany(INSERT_EVENT, [item.row for item in run])
+                    conn.executemany(INSERT_EVENT, rows)
                     conn.execute("RELEASE rows")
-                    outcomes.extend([(None, None)] * len(run))
+                    outcomes.extend((row[1], None) for row in rows)
                 except sqlite3.IntegrityError:
                     conn.execute("ROLLBACK TO rows")
                     conn.execute("RELEASE rows")
-                    outcomes.extend(self._run_one(conn, item) for item in run)
+                    numbers = before
+                    outcomes.extend(self._run_one(conn, item, numbers) for item in run)
                 i = j
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -265,15 +203,23 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
             error = StoreError(f"could not write to the database: {exc}")
             return [(None, error)] * len(batch)
+        finally:
+            forget, self._forget = self._forget, set()
+        self._last_seq.update(numbers)
+        for room_id in forget:
+            self._last_seq.pop(room_id, None)
         return outcomes
 
-    @staticmethod
-    def _run_one(conn: sqlite3.Connection, item: _Pending) -> tuple[Any, BaseException | None]:
+    def _run_one(self, conn: sqlite3.Connection, item: Pending[sqlite3.Connection],
+                 numbers: dict[int, int]) -> Outcome:
         conn.execute("SAVEPOINT op")
         try:
             if item.op is None:
-                conn.execute(INSERT_EVENT, item.row)
-                result = None
+                assert item.row is not None
+                room_id = item.row[0]
+                row = self._number(conn, dict(numbers), item.row)
+                conn.execute(INSERT_EVENT, row)
+                numbers[room_id] = result = row[1]
             else:
                 result = item.op(conn)
         except sqlite3.IntegrityError as exc:
@@ -288,33 +234,6 @@ class SqliteStore:
             return None, exc
         conn.execute("RELEASE op")
         return result, None
-
-    def submit(self, op: Op | None, on_done: Callable[[Any, BaseException | None], None],
-               row: tuple[Any, ...] | None = None) -> None:
-        if self._closed:
-            on_done(None, StoreError("the store is closed"))
-            return
-        self._pending.append(_Pending(op, on_done, row))
-        if len(self._pending) == 1:
-            self._wake.unpark()
-
-    @property
-    def backlogged(self) -> bool:
-        """Whether :meth:`wait_for_room` would wait (a cheap test for the hot path)."""
-        return len(self._pending) >= self._max_pending
-
-    async def wait_for_room(self) -> None:
-        while len(self._pending) >= self._max_pending:
-            await self._space.park()
-
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        await self.wait_for_room()
-        waiter = _Waiter()
-        self.submit(op, waiter)
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -402,6 +321,8 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM events WHERE room_id = ?", (room_id,))
             conn.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
+            # SQLite may give a later room the same id: its numbers start over from its own rows.
+            self._forget.add(room_id)
 
         await self.write(op)
 
@@ -415,7 +336,7 @@ class SqliteStore:
     # --- room history ---------------------------------------------------------------------------
 
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(None, lambda _result, error: on_commit(error), _event_row(event))
+        self.submit(None, lambda seq, error: on_commit(seq or 0, error), _event_row(event))
 
     async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
         def op(conn: sqlite3.Connection) -> list[StoredEvent]:
@@ -430,6 +351,14 @@ class SqliteStore:
                 ).fetchall()
             return [StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"])
                     for r in reversed(rows)]
+
+        return await self.read(op)
+
+    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
+        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute("SELECT * FROM events WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                (room_id, after, limit)).fetchall()
+            return [StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"]) for r in rows]
 
         return await self.read(op)
 

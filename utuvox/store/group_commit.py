@@ -1,0 +1,136 @@
+"""Group commit, whatever the engine: writers queue an operation and (usually) wait; a single committer
+task takes everything queued, runs it in one transaction on a worker thread, and wakes the waiters.
+While that transaction runs, new operations pile up for the next one, so under load a commit carries
+hundreds of rows and the per-message cost of durability falls to almost nothing.
+
+An engine subclasses :class:`GroupCommit` and supplies ``_commit_sync`` (one transaction for a batch,
+an outcome per operation, one failing operation not undoing its neighbours) and ``_can_write``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from .interface import StoreError
+
+log = logging.getLogger("utuvox.store")
+
+C = TypeVar("C")  # the engine's connection
+T = TypeVar("T")
+Outcome = tuple[Any, BaseException | None]
+
+
+@dataclass(slots=True)
+class Pending(Generic[C]):
+    op: Callable[[C], Any] | None  # None for a history row: see ``row``
+    on_done: Callable[[Any, BaseException | None], None]
+    # For a history row: the row itself, so consecutive rows go in with one statement.
+    row: tuple[Any, ...] | None = None
+
+
+@dataclass
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def __call__(self, result: Any, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class GroupCommit(Generic[C]):
+    def __init__(self, *, max_pending: int, max_batch: int) -> None:
+        self._pending: deque[Pending[C]] = deque()
+        self._max_pending = max_pending
+        # A batch's events are published together when it commits; capping it caps the burst any one
+        # member's queue receives at once.
+        self._max_batch = max_batch
+        self._wake = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self._writes = trio.CapacityLimiter(1)
+        self._closed = False
+        self.commits = 0  # transactions committed, for statistics
+        self.committed_ops = 0
+
+    # --- what an engine supplies ----------------------------------------------------------------
+
+    def _commit_sync(self, batch: list[Pending[C]]) -> list[Outcome]:
+        raise NotImplementedError
+
+    @property
+    def _can_write(self) -> bool:
+        raise NotImplementedError
+
+    def _committed(self) -> None:
+        """Runs in the event loop after each batch's callbacks (for an engine that tells others)."""
+
+    # --- the committer --------------------------------------------------------------------------
+
+    async def _commit_forever(self) -> None:
+        try:
+            while True:
+                if not self._pending:
+                    await self._wake.park()
+                await self._commit_once()
+        finally:
+            # On cancellation (shutdown), whatever was queued is still committed: it may have been
+            # promised to a client already.
+            with trio.CancelScope(shield=True):
+                while self._pending and self._can_write:
+                    await self._commit_once()
+            # From now on nobody would commit a queued write: refuse new ones instead of letting
+            # their writers wait forever.
+            self._closed = True
+
+    async def _commit_once(self) -> None:
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
+        self._space.unpark_all()
+        if not batch:
+            return
+        outcomes = await trio.to_thread.run_sync(self._commit_sync, batch, limiter=self._writes)
+        self.commits += 1
+        self.committed_ops += len(batch)
+        for item, (result, error) in zip(batch, outcomes, strict=True):
+            try:
+                item.on_done(result, error)
+            except Exception:
+                # A failing callback must not stop the committer: every later writer would hang.
+                log.exception("commit callback failed")
+        self._committed()
+
+    # --- queueing -------------------------------------------------------------------------------
+
+    def submit(self, op: Callable[[C], Any] | None, on_done: Callable[[Any, BaseException | None], None],
+               row: tuple[Any, ...] | None = None) -> None:
+        if self._closed:
+            on_done(None, StoreError("the store is closed"))
+            return
+        self._pending.append(Pending(op, on_done, row))
+        if len(self._pending) == 1:
+            self._wake.unpark()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether :meth:`wait_for_room` would wait (a cheap test for the hot path)."""
+        return len(self._pending) >= self._max_pending
+
+    async def wait_for_room(self) -> None:
+        while len(self._pending) >= self._max_pending:
+            await self._space.park()
+
+    async def write(self, op: Callable[[C], T]) -> T:
+        await self.wait_for_room()
+        waiter = _Waiter()
+        self.submit(op, waiter)
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result

@@ -1,0 +1,477 @@
+"""The PostgreSQL store, for several server processes sharing one database.
+
+psycopg 3's synchronous API on trio worker threads: one writer connection with group commit (see
+group_commit.py), a few reader connections. Measured against the alternatives (docs/SCALING.md), this
+was the fastest way from trio to PostgreSQL, and it keeps the event loop free of database I/O.
+
+Events are numbered inside the commit: a batch first locks the counter rows (``rooms.last_seq``) of the
+rooms it writes to, in id order, numbers its rows, and stores the new counters. A second node writing
+the same room waits for that lock until the first commits, so each room's numbers follow commit order
+and any reader sees a gap-free prefix. Migrations run under an advisory lock, so nodes may start together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from .group_commit import GroupCommit, Outcome, Pending
+from .interface import (
+    AdminLogRecord,
+    CommitCallback,
+    Conflict,
+    FileRecord,
+    RoomRecord,
+    StoredEvent,
+    StoreError,
+    UserRecord,
+    numbered,
+)
+from .migrations import PG_MIGRATIONS, PG_SCHEMA_VERSION
+from .rows import FILE_SELECT, SchemaTooNew, file_record, now, room_record, user_record
+
+log = logging.getLogger("utuvox.store")
+
+T = TypeVar("T")
+Conn = psycopg.Connection[dict[str, Any]]
+
+MIGRATION_LOCK = 0x75747576  # the advisory lock nodes take to migrate one at a time ("utuv")
+INSERT_EVENT = 'INSERT INTO events(room_id, seq, ts, type, "user", body) VALUES (%s, %s, %s, %s, %s, %s)'
+
+
+def _event(row: dict[str, Any]) -> StoredEvent:
+    return StoredEvent(row["room_id"], row["seq"], row["ts"], row["type"], row["user"], row["body"])
+
+
+class RoomGone(StoreError):
+    """The event's room was deleted before the event could be stored."""
+
+
+class PostgresStore(GroupCommit[Conn]):
+    """Create with :meth:`open`, run :meth:`run` in a nursery, then use."""
+
+    def __init__(self, url: str, *, max_pending: int = 50_000, max_batch: int = 1000, read_threads: int = 4) -> None:
+        super().__init__(max_pending=max_pending, max_batch=max_batch)
+        self.url = url
+        self._reads = trio.CapacityLimiter(read_threads)
+        self._readers: list[Conn] = []  # idle reader connections (at most ``read_threads`` exist)
+        self._writer: Conn | None = None
+        # Each room's last sequence number committed by this node's latest batch (for the doorbell).
+        self._batch_last: dict[int, int] = {}
+        # Called in the event loop after each batch with {room id: last seq} of the rooms it wrote to.
+        self.on_batch: Callable[[dict[int, int]], None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> PostgresStore:
+        store = cls(url, **kwargs)
+        await trio.to_thread.run_sync(store._open_sync, limiter=store._writes)
+        return store
+
+    def _connect(self, *, autocommit: bool) -> Conn:
+        try:
+            return psycopg.connect(self.url, autocommit=autocommit, row_factory=dict_row,
+                                   application_name="utuvox")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from None
+
+    def _open_sync(self) -> None:
+        conn = self._connect(autocommit=True)
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            try:
+                self._migrate(conn)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot prepare the PostgreSQL database: {exc}") from None
+        finally:
+            conn.close()
+        self._writer = self._connect(autocommit=False)
+
+    @staticmethod
+    def _migrate(conn: Conn) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+        version = (row or {}).get("v") or 0
+        if version > PG_SCHEMA_VERSION:
+            raise SchemaTooNew(f"the database has schema version {version}, newer than this UtuVox knows "
+                               f"({PG_SCHEMA_VERSION}); refusing to touch it. Upgrade UtuVox.")
+        for target in range(version + 1, PG_SCHEMA_VERSION + 1):
+            with conn.transaction():
+                for statement in PG_MIGRATIONS[target]:
+                    conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute("INSERT INTO schema_version(version) VALUES (%s)", (target,))
+            log.info("PostgreSQL schema migrated to version %d", target)
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Safe to call twice."""
+        if self._closed:
+            return
+        while self._pending and self._writer is not None:
+            await self._commit_once()
+        self._closed = True
+        connections = [c for c in [self._writer, *self._readers] if c is not None]
+        self._writer, self._readers = None, []
+        for conn in connections:
+            await trio.to_thread.run_sync(conn.close)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await self._commit_forever()
+
+    # --- group commit ---------------------------------------------------------------------------
+
+    @property
+    def _can_write(self) -> bool:
+        return self._writer is not None
+
+    def _committed(self) -> None:
+        last, self._batch_last = self._batch_last, {}
+        if last and self.on_batch is not None:
+            try:
+                self.on_batch(last)
+            except Exception:
+                log.exception("after-commit hook failed")
+
+    def _commit_sync(self, batch: list[Pending[Conn]]) -> list[Outcome]:
+        try:
+            conn = self._writer_connection()
+            return self._transaction(conn, batch)
+        except psycopg.Error as exc:
+            # The transaction as a whole failed (connection lost, server down): nothing of it is stored.
+            self._reset_writer()
+            error = StoreError(f"could not write to the database: {exc}")
+            return [(None, error)] * len(batch)
+
+    def _writer_connection(self) -> Conn:
+        conn = self._writer
+        if conn is None or conn.closed or conn.broken:
+            conn = self._writer = psycopg.connect(self.url, autocommit=False, row_factory=dict_row,
+                                                  application_name="utuvox")
+        return conn
+
+    def _reset_writer(self) -> None:
+        conn = self._writer
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
+
+    def _transaction(self, conn: Conn, batch: list[Pending[Conn]]) -> list[Outcome]:
+        rooms = sorted({item.row[0] for item in batch if item.row is not None})
+        counters: dict[int, int] = {}
+        if rooms:
+            # The counters of every room this batch writes to, locked now, in id order: then two nodes'
+            # batches wait for each other at most once, never in a cycle.
+            for row in conn.execute("SELECT id, last_seq FROM rooms WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+                                    (rooms,)):
+                counters[row["id"]] = row["last_seq"]
+        start = dict(counters)
+        outcomes: list[Outcome] = []
+        i, n = 0, len(batch)
+        while i < n:
+            if batch[i].row is None:
+                outcomes.append(self._run_op(conn, batch[i]))
+                i += 1
+                continue
+            # A run of history rows: one pipelined statement for all of them.
+            j = i
+            while j < n and batch[j].row is not None:
+                j += 1
+            before = dict(counters)
+            conn.execute("SAVEPOINT rows")
+            try:
+                run = self._number(batch[i:j], counters)
+                with conn.cursor() as cur:
+                    cur.executemany(INSERT_EVENT, [row for row, _ in run if row is not None])
+                conn.execute("RELEASE SAVEPOINT rows")
+                outcomes.extend(outcome for _, outcome in run)
+            except pg_errors.IntegrityError:
+                # A room deleted earlier in this batch: one row at a time, so only its rows fail.
+                conn.execute("ROLLBACK TO SAVEPOINT rows")
+                counters.clear()
+                counters.update(before)
+                for item in batch[i:j]:
+                    outcomes.append(self._insert_one(conn, item, counters))
+            i = j
+        changed = [(room_id, last) for room_id, last in counters.items() if last != start[room_id]]
+        if changed:
+            with conn.cursor() as cur:
+                cur.executemany("UPDATE rooms SET last_seq = %s WHERE id = %s", [(last, r) for r, last in changed])
+        conn.commit()
+        self._batch_last = dict(changed)
+        return outcomes
+
+    @staticmethod
+    def _number(items: list[Pending[Conn]],
+                counters: dict[int, int]) -> list[tuple[tuple[Any, ...] | None, Outcome]]:
+        """Each item's row numbered from its room's counter (or no row and an error: the room is gone)."""
+        run: list[tuple[tuple[Any, ...] | None, Outcome]] = []
+        for item in items:
+            room_id, _seq, ts, kind, user, body = item.row  # type: ignore[misc]
+            last = counters.get(room_id)
+            if last is None:
+                run.append((None, (None, RoomGone("the room no longer exists"))))
+                continue
+            seq = counters[room_id] = last + 1
+            run.append(((room_id, seq, ts, kind, user, numbered(body, seq)), (seq, None)))
+        return run
+
+    def _insert_one(self, conn: Conn, item: Pending[Conn], counters: dict[int, int]) -> Outcome:
+        trial = dict(counters)
+        [(row, outcome)] = self._number([item], trial)
+        if row is None:
+            return outcome
+        conn.execute("SAVEPOINT op")
+        try:
+            conn.execute(INSERT_EVENT, row)
+        except pg_errors.IntegrityError:
+            conn.execute("ROLLBACK TO SAVEPOINT op")
+            return None, RoomGone("the room no longer exists")
+        conn.execute("RELEASE SAVEPOINT op")
+        counters.update(trial)
+        return outcome
+
+    @staticmethod
+    def _run_op(conn: Conn, item: Pending[Conn]) -> Outcome:
+        assert item.op is not None
+        conn.execute("SAVEPOINT op")
+        try:
+            result = item.op(conn)
+        except pg_errors.IntegrityError as exc:
+            conn.execute("ROLLBACK TO SAVEPOINT op")
+            return None, Conflict(str(exc))
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise  # the connection is gone: the whole transaction fails
+        except Exception as exc:
+            conn.execute("ROLLBACK TO SAVEPOINT op")
+            return None, exc if not isinstance(exc, psycopg.Error) else StoreError(str(exc))
+        conn.execute("RELEASE SAVEPOINT op")
+        return result, None
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def read(self, op: Callable[[Conn], T]) -> T:
+        async with self._reads:
+            conn = self._readers.pop() if self._readers else None
+
+            def run() -> T:
+                nonlocal conn
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._connect(autocommit=True)
+                try:
+                    return op(conn)
+                except psycopg.Error as exc:
+                    raise StoreError(f"could not read the database: {exc}") from exc
+
+            try:
+                return await trio.to_thread.run_sync(run)
+            finally:
+                if conn is not None and not conn.closed and not conn.broken and not self._closed:
+                    self._readers.append(conn)
+                elif conn is not None:
+                    conn.close()
+
+    # --- users ----------------------------------------------------------------------------------
+
+    async def create_user(self, name: str, password_hash: str, *, is_admin: bool, is_bot: bool) -> UserRecord:
+        def op(conn: Conn) -> UserRecord:
+            row = conn.execute(
+                "INSERT INTO users(name, name_key, password_hash, is_admin, is_bot, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
+                (name, name.lower(), password_hash, is_admin, is_bot, now()),
+            ).fetchone()
+            assert row is not None
+            return user_record(row)
+
+        return await self.write(op)
+
+    async def get_user(self, name: str) -> UserRecord | None:
+        def op(conn: Conn) -> UserRecord | None:
+            row = conn.execute("SELECT * FROM users WHERE name_key = %s", (name.lower(),)).fetchone()
+            return user_record(row) if row else None
+
+        return await self.read(op)
+
+    async def list_users(self) -> list[UserRecord]:
+        return await self.read(lambda c: [user_record(r) for r in c.execute("SELECT * FROM users ORDER BY name_key")])
+
+    _USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
+
+    async def update_user(self, name: str, **changes: Any) -> bool:
+        unknown = set(changes) - self._USER_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown user fields: {sorted(unknown)}")
+        if not changes:
+            return await self.get_user(name) is not None
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+
+        def op(conn: Conn) -> bool:
+            cursor = conn.execute(f"UPDATE users SET {assignments} WHERE name_key = %s",  # type: ignore[arg-type]
+                                  (*changes.values(), name.lower()))
+            return cursor.rowcount > 0
+
+        return await self.write(op)
+
+    # --- rooms ----------------------------------------------------------------------------------
+
+    async def create_room(self, name: str, created_by: str | None) -> RoomRecord:
+        def op(conn: Conn) -> RoomRecord:
+            row = conn.execute(
+                "INSERT INTO rooms(name, name_key, created_by, created_at) VALUES (%s, %s, %s, %s) RETURNING *",
+                (name, name.lower(), created_by, now()),
+            ).fetchone()
+            assert row is not None
+            return room_record(row)
+
+        return await self.write(op)
+
+    async def get_room(self, name: str) -> RoomRecord | None:
+        def op(conn: Conn) -> RoomRecord | None:
+            row = conn.execute("SELECT * FROM rooms WHERE name_key = %s", (name.lower(),)).fetchone()
+            return room_record(row) if row else None
+
+        return await self.read(op)
+
+    async def list_rooms(self) -> list[RoomRecord]:
+        return await self.read(lambda c: [room_record(r) for r in c.execute("SELECT * FROM rooms ORDER BY name_key")])
+
+    async def delete_room(self, room_id: int) -> None:
+        await self.write(lambda c: c.execute("DELETE FROM rooms WHERE id = %s", (room_id,)))
+
+    async def last_seq(self, room_id: int) -> int:
+        def op(conn: Conn) -> int:
+            row = conn.execute("SELECT last_seq FROM rooms WHERE id = %s", (room_id,)).fetchone()
+            return row["last_seq"] if row else 0
+
+        return await self.read(op)
+
+    # --- room history ---------------------------------------------------------------------------
+
+    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
+        self.submit(None, lambda seq, error: on_commit(seq or 0, error),
+                    (event.room_id, 0, event.ts, event.type, event.user, event.body))
+
+    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
+        def op(conn: Conn) -> list[StoredEvent]:
+            if before is None:
+                rows = conn.execute("SELECT * FROM events WHERE room_id = %s ORDER BY seq DESC LIMIT %s",
+                                    (room_id, limit)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM events WHERE room_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
+                    (room_id, before, limit)).fetchall()
+            return [_event(r) for r in reversed(rows)]
+
+        return await self.read(op)
+
+    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
+        def op(conn: Conn) -> list[StoredEvent]:
+            rows = conn.execute("SELECT * FROM events WHERE room_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                                (room_id, after, limit)).fetchall()
+            return [_event(r) for r in rows]
+
+        return await self.read(op)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,
+                       uploader: str) -> FileRecord:
+        def op(conn: Conn) -> FileRecord:
+            row = conn.execute(
+                "INSERT INTO files(name, room_id, original, size, sha256, uploader, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (name, room_id, original, size, sha256, uploader, now()),
+            ).fetchone()
+            assert row is not None
+            full = conn.execute(f"{FILE_SELECT} WHERE files.id = %s", (row["id"],)).fetchone()  # type: ignore[arg-type]
+            assert full is not None
+            return file_record(full)
+
+        return await self.write(op)
+
+    async def get_file(self, name: str) -> FileRecord | None:
+        def op(conn: Conn) -> FileRecord | None:
+            row = conn.execute(f"{FILE_SELECT} WHERE files.name = %s", (name,)).fetchone()  # type: ignore[arg-type]
+            return file_record(row) if row else None
+
+        return await self.read(op)
+
+    async def list_files(self, room_id: int) -> list[FileRecord]:
+        return await self.read(lambda c: [
+            file_record(r) for r in c.execute(f"{FILE_SELECT} WHERE files.room_id = %s ORDER BY files.id",  # type: ignore[arg-type]
+                                              (room_id,))
+        ])
+
+    async def file_names(self) -> set[str]:
+        return await self.read(lambda c: {r["name"] for r in c.execute("SELECT name FROM files")})
+
+    async def delete_file(self, name: str) -> bool:
+        return await self.write(lambda c: c.execute("DELETE FROM files WHERE name = %s", (name,)).rowcount > 0)
+
+    async def delete_files_of_room(self, room_id: int) -> list[FileRecord]:
+        def op(conn: Conn) -> list[FileRecord]:
+            rows = [file_record(r) for r in conn.execute(f"{FILE_SELECT} WHERE files.room_id = %s",  # type: ignore[arg-type]
+                                                         (room_id,))]
+            conn.execute("DELETE FROM files WHERE room_id = %s", (room_id,))
+            return rows
+
+        return await self.write(op)
+
+    # --- admin log ------------------------------------------------------------------------------
+
+    async def add_admin_log(self, *, actor: str, via: str, action: str, target: str | None, outcome: str,
+                            detail: str | None) -> None:
+        def op(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO admin_log(ts, actor, via, action, target, outcome, detail)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (now(), actor, via, action, target, outcome, detail),
+            )
+
+        await self.write(op)
+
+    async def admin_log(self, *, actor: str | None = None, action: str | None = None,
+                        since: str | None = None, limit: int = 100) -> list[AdminLogRecord]:
+        clauses, params = [], []
+        for column, value, test in (("actor", actor, "="), ("action", action, "="), ("ts", since, ">=")):
+            if value is not None:
+                clauses.append(f"{column} {test} %s")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def op(conn: Conn) -> list[AdminLogRecord]:
+            rows = conn.execute(f"SELECT * FROM admin_log {where} ORDER BY id DESC LIMIT %s",  # type: ignore[arg-type]
+                                (*params, limit)).fetchall()
+            return [AdminLogRecord(r["id"], r["ts"], r["actor"], r["via"], r["action"], r["target"],
+                                   r["outcome"], r["detail"]) for r in reversed(rows)]
+
+        return await self.read(op)
+
+    # --- settings of the whole cluster ----------------------------------------------------------
+
+    async def setting(self, name: str, default: str) -> str:
+        """The setting's value; ``default`` is stored first if it has none (the first node to ask wins)."""
+        def op(conn: Conn) -> str:
+            conn.execute("INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                         (name, default))
+            row = conn.execute("SELECT value FROM settings WHERE name = %s", (name,)).fetchone()
+            assert row is not None
+            return row["value"]
+
+        return await self.write(op)
+
+    async def set_setting(self, name: str, value: str) -> None:
+        await self.write(lambda c: c.execute(
+            "INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            (name, value)))

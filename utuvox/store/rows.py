@@ -1,0 +1,36 @@
+"""Rows to records, the same for every engine (a row is anything indexed by column name)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from .interface import FileRecord, RoomRecord, StoreError, UserRecord
+
+Row = Mapping[str, Any]
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def user_record(row: Row) -> UserRecord:
+    return UserRecord(row["id"], row["name"], row["password_hash"], bool(row["is_admin"]), bool(row["is_bot"]),
+                      bool(row["banned"]), row["ban_reason"], row["created_at"])
+
+
+def room_record(row: Row) -> RoomRecord:
+    return RoomRecord(row["id"], row["name"], row["created_by"], row["created_at"])
+
+
+FILE_SELECT = "SELECT files.*, rooms.name AS room_name FROM files JOIN rooms ON rooms.id = files.room_id"
+
+
+def file_record(row: Row) -> FileRecord:
+    return FileRecord(row["id"], row["name"], row["room_id"], row["room_name"], row["original"], row["size"],
+                      row["sha256"], row["uploader"], row["created_at"])
