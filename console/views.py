@@ -53,8 +53,8 @@ def sessions(reply: a.SessionList, now: datetime | None = None) -> Table:
         return f"console:{s.operator}" if s.operator else "(not logged in)"
 
     out = table(
-        ["ID", "User", "Transport", "Address", "Rooms", "Connected since (UTC)", "For"],
-        ([s.id, who(s), s.transport + (" tail" if s.tailing else ""), s.address, ", ".join(s.rooms),
+        ["ID", "User", "Transport", "Address", "Node", "Rooms", "Connected since (UTC)", "For"],
+        ([s.id, who(s), s.transport + (" tail" if s.tailing else ""), s.address, s.node or "", ", ".join(s.rooms),
           when(s.connected_at), duration((now - s.connected_at).total_seconds())] for s in reply.sessions),
     )
     # An address cut short loses its port, the part an operator looks for: the other columns fold instead.
@@ -81,6 +81,7 @@ def history(reply: p.HistoryPage) -> Table:
 def stats(reply: a.ServerStats) -> Table:
     transports = ", ".join(f"{k} {v}" for k, v in sorted(reply.by_transport.items()))
     return table(["Statistic", "Value"], [
+        ["Node", (reply.node or "") + (f" (cluster: {', '.join(reply.nodes)})" if len(reply.nodes) > 1 else "")],
         ["Uptime", f"{duration(reply.uptime)} (since {when(reply.started_at)} UTC)"],
         ["Connections", f"{reply.connections}" + (f" ({transports})" if transports else "")],
         ["Connections since start", reply.connections_total],

@@ -28,7 +28,10 @@ def _only_error(exc: BaseException) -> BaseException:
 def _serve(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from utuvox.server.app import Server
+    from pydantic import ValidationError
+
+    from utuvox.cluster.broker import BrokerError
+    from utuvox.server.app import NODE, Server
     from utuvox.server.settings import Settings
     from utuvox.server.tls import TlsConfigError
     from utuvox.store import StoreError
@@ -37,8 +40,16 @@ def _serve(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "ws_port": args.ws_port, "data_dir": args.data_dir,
         "log_level": args.log_level, "admin_socket": args.admin_socket,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "database_url": args.database_url, "broker_url": args.broker_url, "node_name": args.node_name,
+        "cluster_name": args.cluster_name, "uploads": args.uploads_dir,
     }.items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            print(f"utuvox: {where}: {error['msg']}", file=sys.stderr)
+        return 2
     busy = _port_in_use(settings.host, [settings.port, settings.ws_port])
     if busy:
         # Before anything is made: a second server started by mistake leaves no data directory behind.
@@ -47,8 +58,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     logging.basicConfig(
         level=settings.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [%(node)s] %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(NODE)
 
     def announce(line: str) -> None:
         print(line, flush=True)
@@ -62,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     except TlsConfigError as exc:
         print(f"utuvox: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, BrokerError) as exc:
         print(f"utuvox: {exc}", file=sys.stderr)
         return 1
     except sqlite3.Error as exc:  # so damaged that SQLite cannot even read it ("file is not a database")
@@ -153,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, metavar="PEM",
                        help="certificate chain: the TCP port then speaks TLS and the WebSocket port WSS")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    serve.add_argument("--uploads-dir", type=Path,
+                       help="uploads directory (default DATA_DIR/uploads); the nodes of a cluster share one")
+    cluster = serve.add_argument_group("several nodes (docs/SCALING.md)")
+    cluster.add_argument("--database-url", metavar="URL",
+                         help="postgresql://... : store everything in PostgreSQL instead of the SQLite file "
+                              "(env UTUVOX_DATABASE_URL)")
+    cluster.add_argument("--broker-url", metavar="URL",
+                         help="redis://HOST:PORT/DB or nats://HOST:PORT: join the other nodes for fan-out and "
+                              "presence (env UTUVOX_BROKER_URL)")
+    cluster.add_argument("--node-name", metavar="NAME", help="this node's name (default: host name and port)")
+    cluster.add_argument("--cluster-name", metavar="NAME",
+                         help="prefix of every channel, subject and key on the broker (default utuvox)")
     serve.set_defaults(func=_serve)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the protocol (JSON Schema 2020-12)")

@@ -26,6 +26,7 @@ from utuvox.protocol import core as p
 from utuvox.store import Conflict, StoreError
 
 from .bus import Bus
+from .elsewhere import Elsewhere
 from .rooms import Room
 from .service import Chat
 from .session import Identity, Session
@@ -162,20 +163,75 @@ class Administration:
         log.info("admin socket: console:%s connected (uid %s, pid %s)", operator, uid, pid)
 
     def tell_operators(self, event: a.AdminAction, *, besides: Session | None = None) -> None:
+        """Tell the operators on the admin socket, on this node and every other."""
+        self._tell_operators_here(event, besides)
+        self.chat.elsewhere.tell("admin_action", event=event.model_dump(mode="json"))
+
+    def _tell_operators_here(self, event: a.AdminAction, besides: Session | None = None) -> None:
         wire = Wire(event)
         for session in tuple(self.chat.sessions.values()):
             if session.transport == "admin" and session is not besides:
                 session.peer.deliver(wire)
 
+    # --- the other nodes of a cluster -----------------------------------------------------------
+
+    def hear_from(self, elsewhere: Elsewhere) -> None:
+        """Carry out here what an admin did on another node: bans, kicks, deletions, announcements,
+        changed accounts and the admin key; and tell this node's operators."""
+        chat = self.chat
+
+        def room_deleted(m: dict[str, Any]) -> None:
+            room = chat.rooms.get(str(m["name"]).lower())
+            if room is not None and room.id == m["id"]:
+                self._remove_here(room, str(m["by"]))
+
+        def ban(m: dict[str, Any]) -> None:
+            for victim in chat.sessions_of(m["user"]):
+                victim.peer.close(m["reason"], "banned")
+
+        def kick(m: dict[str, Any]) -> None:
+            if m.get("node") is not None:
+                victim = chat.sessions.get(int(m["session"])) if m["node"] == elsewhere.node else None
+                victims = [victim] if victim is not None else []
+            else:
+                victims = chat.sessions_of(m["user"])
+            for victim in victims:
+                victim.peer.close(m["reason"], "kicked")
+
+        def announce(m: dict[str, Any]) -> None:
+            event = p.Announcement.model_validate(m["event"])
+            room = chat.rooms.get(event.room.lower()) if event.room else None
+            if event.room is None or room is not None:
+                self._announce_here(event, room)
+
+        def user_changed(m: dict[str, Any]) -> None:
+            self._update_sessions_here(m["name"], bool(m["is_admin"]), bool(m["is_bot"]), m["by"],
+                                       bool(m["admin_changed"]))
+
+        async def admin_key(_m: dict[str, Any]) -> None:
+            await chat.admin_key.load()
+
+        elsewhere.on("room_deleted", room_deleted)
+        elsewhere.on("ban", ban)
+        elsewhere.on("kick", kick)
+        elsewhere.on("announce", announce)
+        elsewhere.on("user_changed", user_changed)
+        elsewhere.on("admin_key", admin_key)
+        elsewhere.on("admin_action", lambda m: self._tell_operators_here(a.AdminAction.model_validate(m["event"])))
+        vanished = getattr(elsewhere, "on_room_vanished", None)
+        if vanished is not None:
+            vanished.append(lambda room: self._remove_here(room, "an admin"))
+
     # --- rooms ----------------------------------------------------------------------------------
 
-    async def delete_room(self, room: Room, by: str) -> None:
-        """Delete a room with its history, even with members inside: they are told and removed. A room
-        created later under the same name starts fresh."""
+    def _remove_here(self, room: Room, by: str) -> list[Session]:
+        """The room is gone: from here on nothing new is published to it and nobody can enter it; its
+        members on this node are told and removed. Returns them."""
         chat = self.chat
-        room.deleted = True  # from here on nothing new is published to it, nobody can enter it
+        room.deleted = True
         if chat.rooms.get(room.key) is room:
             del chat.rooms[room.key]
+        chat.delivery.forget(room)
         wire = Wire(p.RoomDeleted(room=room.name, by=by))
         members = self.bus.drop_room(room.key)
         for session in [*members, *self.bus.tapping(room.key)]:
@@ -183,9 +239,17 @@ class Administration:
         for session in members:
             if room.name in session.rooms:
                 session.rooms.remove(room.name)
+                chat.elsewhere.changed(session)
         for session, only in tuple(self.bus.taps.items()):
             if only == room.key:
                 del self.bus.taps[session]
+        return members
+
+    async def delete_room(self, room: Room, by: str) -> None:
+        """Delete a room with its history, even with members inside (on every node): they are told and
+        removed. A room created later under the same name starts fresh."""
+        chat = self.chat
+        members = self._remove_here(room, by)
         try:
             await chat.store.delete_room(room.id)
         except StoreError:
@@ -193,7 +257,8 @@ class Administration:
             room.deleted = False
             chat.rooms.setdefault(room.key, room)
             raise
-        log.info("room %s deleted by %s (%d sessions removed)", room.name, by, len(members))
+        chat.elsewhere.tell("room_deleted", id=room.id, name=room.name, by=by)
+        log.info("room %s deleted by %s (%d sessions removed here)", room.name, by, len(members))
         for hook in chat.on_room_deleted:
             try:
                 await hook(room)
@@ -252,22 +317,28 @@ class Administration:
             raise ProtocolError(Code.BAD_REQUEST, "No changes specified.")
         await self.chat.store.update_user(user.name, **changes)
         audit.detail = ", ".join(said)
-        is_admin = changes.get("is_admin", user.is_admin)
-        identity = Identity(user.name, is_admin, changes.get("is_bot", user.is_bot))
-        for live in self.chat.sessions_of(user.name):
-            live.user = identity  # takes effect at once, for the next request
-            if "is_admin" in changes:
-                old, new = ("a regular user", "an admin") if is_admin else ("an admin", "a regular user")
-                live.peer.send(p.Notice(text=f"Your status has changed from {old} to {new} by admin "
-                                             f"'{session.actor}'."))
-                if not live.is_operator:
-                    self.bus.taps.pop(live, None)
+        is_admin, is_bot = changes.get("is_admin", user.is_admin), changes.get("is_bot", user.is_bot)
+        self._update_sessions_here(user.name, is_admin, is_bot, session.actor, "is_admin" in changes)
+        self.chat.elsewhere.tell("user_changed", name=user.name, is_admin=is_admin, is_bot=is_bot, by=session.actor,
+                                 admin_changed="is_admin" in changes)
         return p.Ok(re=req.id)
 
+    def _update_sessions_here(self, name: str, is_admin: bool, is_bot: bool, by: str, admin_changed: bool) -> None:
+        identity = Identity(name, is_admin, is_bot)
+        for live in self.chat.sessions_of(name):
+            live.user = identity  # takes effect at once, for the next request
+            if admin_changed:
+                old, new = ("a regular user", "an admin") if is_admin else ("an admin", "a regular user")
+                live.peer.send(p.Notice(text=f"Your status has changed from {old} to {new} by admin '{by}'."))
+                if not live.is_operator:
+                    self.bus.taps.pop(live, None)
+
     async def _view_users(self, session: Session, req: a.ViewUsers, audit: Audit) -> Reply:
+        elsewhere = self.chat.elsewhere
         users = [
             a.AccountInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot, banned=u.banned, ban_reason=u.ban_reason,
-                          created_at=u.created_at, sessions=len(self.chat.by_user.get(u.name.lower(), ())))
+                          created_at=u.created_at, sessions=len(self.chat.by_user.get(u.name.lower(), ()))
+                          + len(elsewhere.sessions_of(u.name.lower())))
             for u in await self.chat.store.list_users()
         ]
         return a.UserTable(re=req.id, users=users)
@@ -280,9 +351,12 @@ class Administration:
         await self.chat.store.update_user(user.name, banned=True, ban_reason=req.reason)
         reason = "You have been banned by an admin" + (f": {req.reason}" if req.reason else ".")
         live = self.chat.sessions_of(user.name)
+        elsewhere = self.chat.elsewhere.sessions_of(user.name.lower())
         for victim in live:
             victim.peer.close(reason, "banned")
-        audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{len(live)} session(s) disconnected"
+        self.chat.elsewhere.tell("ban", user=user.name, reason=reason)
+        audit.detail = ((f"reason: {req.reason}; " if req.reason else "")
+                        + f"{len(live) + len(elsewhere)} session(s) disconnected")
         return p.Ok(re=req.id)
 
     async def _unban_user(self, session: Session, req: a.UnbanUser, audit: Audit) -> Reply:
@@ -300,25 +374,42 @@ class Administration:
         except OSError as exc:
             log.error("could not save the admin key: %s", exc.strerror or type(exc).__name__)
             raise ProtocolError(Code.STORAGE, "The admin key could not be saved; it is unchanged.") from None
+        self.chat.elsewhere.tell("admin_key")  # the others read it from the database
         return p.Ok(re=req.id)
 
     # --- sessions -------------------------------------------------------------------------------
 
     async def _who(self, session: Session, req: a.Who, audit: Audit) -> Reply:
+        """Every session of every node: this node's first, then the others' (as they last told)."""
+        elsewhere = self.chat.elsewhere
+        node = elsewhere.node or None
         sessions = [
             a.SessionInfo(id=s.id, user=s.user.name if s.user else None, is_admin=bool(s.user and s.user.is_admin),
                           transport=s.transport, address=s.address, rooms=list(s.rooms), connected_at=s.connected_at,
                           operator=s.operator, tailing=s in self.bus.taps,
-                          bytes_sent=getattr(s.peer, "bytes_sent", 0))
+                          bytes_sent=getattr(s.peer, "bytes_sent", 0), node=node)
             for s in sorted(self.chat.sessions.values(), key=lambda s: s.id)
+        ]
+        sessions += [
+            a.SessionInfo(id=r.id, user=r.user, is_admin=r.is_admin, transport=r.transport, address=r.address,
+                          rooms=list(r.rooms), connected_at=r.connected_at, operator=r.operator, node=r.node)
+            for r in sorted(elsewhere.sessions(), key=lambda r: (r.node, r.id))
         ]
         return a.SessionList(re=req.id, sessions=sessions)
 
     async def _kick(self, session: Session, req: a.Kick, audit: Audit) -> Reply:
         reason = "You have been kicked by an admin" + (f": {req.reason}" if req.reason else ".")
+        elsewhere = self.chat.elsewhere
         if req.session is not None:
             victim = self.chat.sessions.get(req.session)
             audit.target = f"#{req.session}"
+            remote = [r for r in elsewhere.sessions() if r.id == req.session]
+            if victim is None and remote:
+                # On another node (session numbers are per node: this node's own come first).
+                elsewhere.tell("kick", node=remote[0].node, session=req.session, reason=reason)
+                who = f" ({remote[0].user})" if remote[0].user else ""
+                audit.target = f"#{req.session} on {remote[0].node}{who}"
+                return a.Kicked(re=req.id, session=req.session, user=remote[0].user, count=1)
             if victim is None:
                 raise ProtocolError(Code.USER_OFFLINE, f"No session #{req.session} is connected.")
             if victim.user is not None:
@@ -327,15 +418,20 @@ class Administration:
             return a.Kicked(re=req.id, session=req.session, user=victim.user.name if victim.user else None, count=1)
         assert req.username is not None
         victims = self.chat.sessions_of(req.username)
-        if not victims:
+        remote = elsewhere.sessions_of(req.username.lower())
+        if not victims and not remote:
             user = await self._user(req.username)
             raise ProtocolError(Code.USER_OFFLINE, f"User '{user.name}' is not online.")
-        name = victims[0].user.name if victims[0].user else req.username
+        name = (victims[0].user.name if victims and victims[0].user else remote[0].user if remote else None) \
+            or req.username
         audit.target = name
         for victim in victims:
             victim.peer.close(reason, "kicked")
-        audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{len(victims)} session(s)"
-        return a.Kicked(re=req.id, user=name, count=len(victims))
+        if remote:
+            elsewhere.tell("kick", user=name, reason=reason)
+        count = len(victims) + len(remote)
+        audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{count} session(s)"
+        return a.Kicked(re=req.id, user=name, count=count)
 
     async def _announce(self, session: Session, req: a.Announce, audit: Audit) -> Reply:
         if len(req.text) > self.chat.config.max_message_chars:
@@ -345,14 +441,19 @@ class Administration:
             raise ProtocolError(Code.EMPTY, "Message is empty.")
         room = self.chat.room(req.room) if req.room else None
         audit.target = room.name if room else None
-        wire = Wire(p.Announcement(text=req.text, room=room.name if room else None, by=session.actor))
+        event = p.Announcement(text=req.text, room=room.name if room else None, by=session.actor)
+        self._announce_here(event, room)
+        self.chat.elsewhere.tell("announce", event=event.model_dump(mode="json"))
+        return p.Ok(re=req.id, room=room.name if room else None)
+
+    def _announce_here(self, event: p.Announcement, room: Room | None) -> None:
+        wire = Wire(event)
         if room is None:
             targets: Iterable[Session] = tuple(self.chat.sessions.values())
         else:
             targets = [*self.bus.members(room.key), *self.bus.tapping(room.key)]
         for target in targets:
             target.peer.deliver(wire)
-        return p.Ok(re=req.id, room=room.name if room else None)
 
     async def _tail(self, session: Session, req: a.Tail, audit: Audit) -> Reply:
         room = self.chat.room(req.room) if req.room else None
@@ -402,7 +503,8 @@ class Administration:
             connections_total=self.closed_sessions + len(chat.sessions),
             users_online=len(chat.by_user), users_registered=len(await chat.store.list_users()),
             rooms=len(chat.rooms), messages=chat.messages_sent, messages_per_second=round(messages_rate, 2),
-            bytes_sent=sent, bytes_per_second=round(bytes_rate, 1),
+            bytes_sent=sent, bytes_per_second=round(bytes_rate, 1), node=chat.elsewhere.node or None,
+            nodes=chat.elsewhere.nodes(),
         )
 
     async def _admin_log(self, session: Session, req: a.AdminLogQuery, audit: Audit) -> Reply:

@@ -1,11 +1,12 @@
-"""The admin key: made at random on first run, kept in ``admin_key.txt`` (mode 0600), compared in
-constant time, never logged."""
+"""The admin key: made at random on first run, kept in ``admin_key.txt`` (mode 0600), or with a database
+URL in the database (one key for the whole cluster); compared in constant time, never logged."""
 
 from __future__ import annotations
 
 import hmac
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -16,6 +17,9 @@ class AdminKey:
         self.path = path
         self._key = ""
         self.created = False  # whether load_or_create made the key (the one time it is shown)
+
+    async def load(self) -> str:
+        return await trio.to_thread.run_sync(self.load_or_create)
 
     def load_or_create(self) -> str:
         """Read the key, or make one on first run. Synchronous: called once at startup."""
@@ -42,4 +46,26 @@ class AdminKey:
 
     async def change(self, new_key: str) -> None:
         await trio.to_thread.run_sync(self._write, new_key)
+        self._key = new_key
+
+
+ADMIN_KEY_SETTING = "admin_key"
+
+
+class StoredAdminKey(AdminKey):
+    """The key in the database: ``setting(name, default)`` reads it (storing ``default`` if there is none
+    yet: the first node to start makes the key), ``set_setting(name, value)`` changes it."""
+
+    def __init__(self, setting: Callable[[str, str], Awaitable[str]],
+                 set_setting: Callable[[str, str], Awaitable[None]]) -> None:
+        super().__init__(Path("-"))
+        self._setting = setting
+        self._set_setting = set_setting
+
+    async def load(self) -> str:
+        self._key = await self._setting(ADMIN_KEY_SETTING, secrets.token_urlsafe(24))
+        return self._key
+
+    async def change(self, new_key: str) -> None:
+        await self._set_setting(ADMIN_KEY_SETTING, new_key)
         self._key = new_key

@@ -35,11 +35,15 @@ class RemoteSession:
         return self.user.lower() if self.user else None
 
 
-Handler = Callable[[dict[str, Any]], None]
+# Called with what another node said; may return an awaitable, which then runs in the background.
+Handler = Callable[[dict[str, Any]], Any]
 
 
 class Elsewhere(Protocol):
     node: str  # this node's name
+
+    def nodes(self) -> list[str]:
+        """Every live node's name, this one's included."""
 
     def sessions(self) -> list[RemoteSession]:
         """Every live session on the other nodes."""
@@ -69,6 +73,9 @@ class SingleNode:
 
     def __init__(self, node: str = "") -> None:
         self.node = node
+
+    def nodes(self) -> list[str]:
+        return [self.node] if self.node else []
 
     def sessions(self) -> list[RemoteSession]:
         return []

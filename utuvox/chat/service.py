@@ -26,7 +26,7 @@ from .bus import Bus
 from .config import ChatConfig
 from .delivery import InOrder
 from .elsewhere import Elsewhere, SingleNode
-from .limits import Limits
+from .limits import Limits, address_key, monotonic
 from .passwords import Passwords
 from .rejoin import Rejoins
 from .rooms import Room
@@ -287,6 +287,18 @@ class Chat:
 
     # --- accounts -------------------------------------------------------------------------------
 
+    def _login_failed(self, session: Session, account: str | None) -> None:
+        """A wrong password (or admin key): delays grow on every node, not just this one."""
+        self.limits.login_failed(session, account)
+        if session.transport != "admin":
+            self.elsewhere.tell("login_failed", account=account.lower() if account else None,
+                                address=address_key(session.address))
+
+    def _login_succeeded(self, session: Session, account: str) -> None:
+        self.limits.login_succeeded(session, account)
+        if session.transport != "admin":
+            self.elsewhere.tell("login_succeeded", account=account.lower(), address=address_key(session.address))
+
     async def _register(self, session: Session, req: p.Register) -> Reply:
         if session.user is not None:
             raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
@@ -294,7 +306,7 @@ class Chat:
         is_admin = False
         if req.admin_key is not None:
             if not self.admin_key.matches(req.admin_key):
-                self.limits.login_failed(session, None)  # a guessed admin key is a guessed password
+                self._login_failed(session, None)  # a guessed admin key is a guessed password
                 raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
             is_admin = True
         if await self.store.get_user(req.username) is not None:
@@ -319,9 +331,9 @@ class Chat:
         ok = await self.passwords.verify(user.password_hash if user else None, req.password)
         if not ok or user is None:
             log.info("failed login for %r from %s", req.username, session.address)
-            self.limits.login_failed(session, req.username)
+            self._login_failed(session, req.username)
             raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
-        self.limits.login_succeeded(session, user.name)
+        self._login_succeeded(session, user.name)
         if user.banned:
             log.info("banned user %s refused from %s", user.name, session.address)
             reason = f": {user.ban_reason}" if user.ban_reason else "."
@@ -339,7 +351,7 @@ class Chat:
         self.limits.check_login(session, me.name)
         user = await self.store.get_user(me.name)
         if user is None or not await self.passwords.verify(user.password_hash, req.old_password):
-            self.limits.login_failed(session, me.name)
+            self._login_failed(session, me.name)
             raise ProtocolError(Code.AUTH_FAILED, "The old password is wrong.")
         await self.store.update_user(me.name, password_hash=await self.passwords.hash(req.new_password))
         log.info("password changed for %s", me.name)
@@ -467,6 +479,22 @@ class Chat:
         if remote:
             self.elsewhere.tell("private_message", event=event.model_dump(mode="json"))
         return p.Ok(re=req.id)
+
+    def hear_from(self, elsewhere: Elsewhere) -> None:
+        """Take what the other nodes of a cluster tell the chat: rooms they made, private messages to
+        users on this node, and failed logins (so login delays hold cluster-wide)."""
+        throttle = self.limits.throttle
+
+        def room_created(m: dict[str, Any]) -> None:
+            if m["name"].lower() not in self.rooms:
+                room = self.rooms[m["name"].lower()] = Room(int(m["id"]), m["name"], 0, self.config.recent_cache)
+                room.loaded = True  # a new room: whatever it has, the doorbells bring
+
+        elsewhere.on("room_created", room_created)
+        elsewhere.on("private_message",
+                     lambda m: self.deliver_private(p.PrivateMessage.model_validate(m["event"])))
+        elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], monotonic()))
+        elsewhere.on("login_succeeded", lambda m: throttle.succeeded(m["account"], m["address"]))
 
     def deliver_private(self, event: p.PrivateMessage) -> None:
         """Hand a private message to the recipient's sessions on this node."""

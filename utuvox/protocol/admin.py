@@ -179,6 +179,7 @@ class SessionInfo(BaseModel):
     operator: str | None = None  # the OS user, on the admin socket
     tailing: bool = False
     bytes_sent: int = 0
+    node: str | None = None  # the server process (node of a cluster) the session is connected to
 
 
 class SessionList(Reply):
@@ -213,6 +214,8 @@ class ServerStats(Reply):
     messages_per_second: float
     bytes_sent: int
     bytes_per_second: float
+    node: str | None = None  # the node that answered: every figure above is this node's own
+    nodes: list[str] = Field(default_factory=list)  # every live node of the cluster, this one included
 
 
 class AdminLogEntry(BaseModel):

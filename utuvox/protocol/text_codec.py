@@ -351,7 +351,8 @@ def _account(u: admin.AccountInfo) -> str:
 def _session(s: admin.SessionInfo) -> str:
     who = s.user or (f"console:{s.operator}" if s.operator else "anonymous")
     rooms = f" in {', '.join(s.rooms)}" if s.rooms else ""
-    return f"#{s.id} {who} ({s.transport} {clean(s.address)}){rooms} since {stamp(s.connected_at)[1:-1]}"
+    node = f" on {clean(s.node)}" if s.node else ""
+    return f"#{s.id} {who} ({s.transport} {clean(s.address)}{node}){rooms} since {stamp(s.connected_at)[1:-1]}"
 
 
 def duration(seconds: float) -> str:
@@ -379,7 +380,8 @@ def size(n: float) -> str:
 def _stats(r: admin.ServerStats) -> list[str]:
     transports = ", ".join(f"{k} {v}" for k, v in sorted(r.by_transport.items()))
     return [
-        "Server statistics:",
+        "Server statistics:" + (f" node {clean(r.node)}" if r.node else "")
+        + (f" (cluster: {', '.join(map(clean, r.nodes))})" if len(r.nodes) > 1 else ""),
         f"Uptime: {duration(r.uptime)} (since {stamp(r.started_at)[1:-1]})",
         f"Connections: {r.connections}" + (f" ({transports})" if transports else "")
         + f", {r.connections_total} since start",

@@ -15,15 +15,16 @@ from typing import Any
 import trio
 
 from utuvox.chat import admin
-from utuvox.chat.admin_key import AdminKey
+from utuvox.chat.admin_key import AdminKey, StoredAdminKey
 from utuvox.chat.bus import LocalBus
+from utuvox.chat.elsewhere import SingleNode
 from utuvox.chat.files import FileService
 from utuvox.chat.files import install as install_files
 from utuvox.chat.limits import address_key, install_upload_quota
 from utuvox.chat.service import Chat
 from utuvox.protocol import json_codec, text_codec
 from utuvox.protocol.core import Goodbye
-from utuvox.store import SqliteStore
+from utuvox.store import SqliteStore, Store
 
 from . import websocket
 from .admin_socket import peer_credentials, serve_admin_socket
@@ -36,6 +37,19 @@ from .tls import handshake, server_context
 from .web import Site, load_assets, parse_origins
 
 log = logging.getLogger("utuvox.server")
+
+
+class NodeName(logging.Filter):
+    """Puts this node's name on every log record (``%(node)s``), once the server knows it."""
+
+    node = "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node
+        return True
+
+
+NODE = NodeName()
 
 
 def _address(sock: Any) -> str:
@@ -61,7 +75,9 @@ class Server:
         self.chat: Chat | None = None
         self.files: FileService | None = None
         self.admin: admin.Administration | None = None
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
+        self.node = settings.node_name or ""
+        self.cluster: Any = None  # utuvox.cluster.node.Cluster, with a broker
         self._stop = trio.Event()
         self.admin_key = AdminKey(settings.admin_key_path)
         self.flusher = Flusher()
@@ -78,17 +94,34 @@ class Server:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def _open_store(self) -> Store:
+        s = self.settings
+        if s.broker_url and not s.database_url:
+            from utuvox.cluster.broker import BrokerError
+
+            raise BrokerError("a broker joins nodes that share one PostgreSQL database: give --database-url too")
+        if s.database_url:
+            from utuvox.store.postgres import PostgresStore
+
+            store = await PostgresStore.open(s.database_url)
+            self.admin_key = StoredAdminKey(store.setting, store.set_setting)
+            return store
+        return await SqliteStore.open(s.db_path)
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        s.uploads_dir.mkdir(exist_ok=True)
-        key = await trio.to_thread.run_sync(self.admin_key.load_or_create)
-        self.store = store = await SqliteStore.open(s.db_path)
+        s.uploads_dir.mkdir(parents=True, exist_ok=True)
+        # Without a database URL the key is a file, read before anything else; with one, it is in the database.
+        key = None if s.database_url else await self.admin_key.load()
+        self.store = store = await self._open_store()
         try:
             # The store's committer gets a nursery of its own, outside everything else: sessions that are
             # ending still commit (their leave events) even when a sibling task has failed.
             async with trio.open_nursery() as storage:
                 await storage.start(store.run)
+                if key is None:
+                    key = await self.admin_key.load()
                 try:
                     await self._serve(store, key, task_status)
                 finally:
@@ -98,7 +131,7 @@ class Server:
                 await store.close()
             log.info("server stopped")
 
-    async def _serve(self, store: SqliteStore, key: str, task_status: Any) -> None:
+    async def _serve(self, store: Store, key: str, task_status: Any) -> None:
         # Catch the signals before announcing the ports: a script that reads the startup lines and signals
         # at once must get a clean shutdown, not a KeyboardInterrupt.
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -113,7 +146,7 @@ class Server:
             self._stop.set()
             return
 
-    async def _serve_until_stopped(self, store: SqliteStore, key: str, task_status: Any) -> None:
+    async def _serve_until_stopped(self, store: Store, key: str, task_status: Any) -> None:
         s = self.settings
         async with trio.open_nursery() as services:
             await services.start(self.flusher.run)
@@ -129,6 +162,7 @@ class Server:
             async with trio.open_nursery() as sessions:
                 async with trio.open_nursery() as listeners:
                     await self._listen(listeners, sessions, chat)
+                    await self._join_cluster(services, chat, store)
                     tls = " (TLS)" if self.tls is not None else ""
                     self.announce(f"Server started on {s.host}:{self.tcp_port}{tls}")
                     self.announce(f"WebSocket server started on {'wss' if tls else 'ws'}://{s.host}:{self.ws_port}")
@@ -151,6 +185,25 @@ class Server:
                     listeners.cancel_scope.cancel()
                 await self._say_goodbye(chat, sessions)
             services.cancel_scope.cancel()
+
+    async def _join_cluster(self, services: trio.Nursery, chat: Chat, store: Store) -> None:
+        """Name this node; with a broker, join the other nodes before the startup lines."""
+        s = self.settings
+        self.node = NODE.node = s.node_name or f"{socket.gethostname()}:{self.tcp_port}"
+        chat.elsewhere = SingleNode(self.node)
+        if not s.broker_url:
+            return
+        from utuvox.cluster.broker import open_broker
+        from utuvox.cluster.node import Cluster
+        from utuvox.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        self.cluster = cluster = Cluster(chat, store, open_broker(s.broker_url, f"{s.cluster_name}.events"), self.node)
+        chat.hear_from(cluster)
+        if self.admin is not None:
+            self.admin.hear_from(cluster)
+        await services.start(cluster.run)
+        log.info("joined cluster %s as node %s", s.cluster_name, self.node)
 
     async def _say_goodbye(self, chat: Chat, sessions: trio.Nursery) -> None:
         chat.stopping = True  # a restart is not everyone leaving: no leave is stored for these sessions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from utuvox.chat.config import ChatConfig
@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("."), description="where utuvox_db.db, uploads/, admin_key.txt and admin.sock live")
     admin_socket: Path | None = Field(None, description="the operators' Unix socket (default: DATA_DIR/admin.sock)")
     log_level: str = "INFO"
+
+    # several nodes (docs/SCALING.md): PostgreSQL instead of the SQLite file, a broker between the nodes
+    database_url: str | None = Field(None, description="postgresql://... : store everything in PostgreSQL")
+    broker_url: str | None = Field(None, description="redis://HOST:PORT/DB or nats://HOST:PORT: join the other nodes")
+    node_name: str | None = Field(None, description="this node's name in who, stats and logs (default host:port)")
+    cluster_name: str = Field("utuvox", description="prefix of every channel, subject and key on the broker")
+    uploads: Path | None = Field(None, description="the uploads directory (default DATA_DIR/uploads); "
+                                                   "nodes of a cluster share one (a shared mount)")
 
     # limits
     max_frame_bytes: int = Field(64 * 1024, ge=1024, description="largest frame a client may send")
@@ -97,13 +105,35 @@ class Settings(BaseSettings):
     argon2_time_cost: int = Field(2, ge=1)
     argon2_parallelism: int = Field(1, ge=1)
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("the database URL must start with postgresql://")
+        return url
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "nats://", "tls://")):
+            raise ValueError("the broker URL must start with redis:// or nats://")
+        return url
+
+    @field_validator("cluster_name")
+    @classmethod
+    def _token(cls, name: str) -> str:
+        # One token of a NATS subject and a plain Redis channel name: letters, digits, '-' and '_'.
+        if not name or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+            raise ValueError("the cluster name may hold only letters, digits, '-' and '_'")
+        return name
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "utuvox_db.db"
 
     @property
     def uploads_dir(self) -> Path:
-        return self.data_dir / "uploads"
+        return self.uploads or self.data_dir / "uploads"
 
     @property
     def temp_uploads_dir(self) -> Path:

@@ -356,6 +356,11 @@ class PostgresStore(GroupCommit[Conn]):
 
         return await self.read(op)
 
+    async def last_seqs(self) -> dict[int, tuple[str, int]]:
+        """Every room's name and last sequence number, by id (how a node checks it missed nothing)."""
+        return await self.read(lambda c: {r["id"]: (r["name"], r["last_seq"])
+                                          for r in c.execute("SELECT id, name, last_seq FROM rooms")})
+
     # --- room history ---------------------------------------------------------------------------
 
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
