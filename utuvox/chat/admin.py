@@ -190,8 +190,8 @@ class Administration:
                 victim.peer.close(m["reason"], "banned")
 
         def kick(m: dict[str, Any]) -> None:
-            if m.get("node") is not None:
-                victim = chat.sessions.get(int(m["session"])) if m["node"] == elsewhere.node else None
+            if m.get("session") is not None:
+                victim = chat.sessions.get(int(m["session"])) if m["at"] == elsewhere.node else None
                 victims = [victim] if victim is not None else []
             else:
                 victims = chat.sessions_of(m["user"])
@@ -406,7 +406,7 @@ class Administration:
             remote = [r for r in elsewhere.sessions() if r.id == req.session]
             if victim is None and remote:
                 # On another node (session numbers are per node: this node's own come first).
-                elsewhere.tell("kick", node=remote[0].node, session=req.session, reason=reason)
+                elsewhere.tell("kick", at=remote[0].node, session=req.session, reason=reason)
                 who = f" ({remote[0].user})" if remote[0].user else ""
                 audit.target = f"#{req.session} on {remote[0].node}{who}"
                 return a.Kicked(re=req.id, session=req.session, user=remote[0].user, count=1)

@@ -73,7 +73,10 @@ def _remote(node: str, d: dict[str, Any]) -> RemoteSession:
 class Cluster:
     """The :class:`utuvox.chat.elsewhere.Elsewhere` of a node joined to others by a broker."""
 
-    def __init__(self, chat: Chat, store: PostgresStore, broker: Broker, node: str) -> None:
+    def __init__(self, chat: Chat, store: PostgresStore, broker: Broker, node: str, *,
+                 heartbeat: float = HEARTBEAT, expiry: float = EXPIRY) -> None:
+        self.heartbeat = heartbeat
+        self.expiry = expiry
         self.chat = chat
         self.store = store
         self.broker = broker
@@ -121,7 +124,7 @@ class Cluster:
     # --- sending --------------------------------------------------------------------------------
 
     def _send(self, kind: str, **fields: Any) -> None:
-        self.broker.publish(json.dumps({"node": self.node, "kind": kind, **fields}).encode())
+        self.broker.publish(json.dumps({**fields, "node": self.node, "kind": kind}).encode())
 
     def rang(self, last: dict[int, int]) -> None:
         """The store committed a batch: ring the other nodes' doorbells (one publish per batch)."""
@@ -253,12 +256,16 @@ class Cluster:
                     await trio.sleep(0.1)  # let the goodbye leave
 
     async def _heartbeat(self) -> None:
+        """Send this node's state every ``heartbeat`` seconds; look for silent nodes four times a second."""
+        due = trio.current_time() + self.heartbeat
         while True:
-            await trio.sleep(HEARTBEAT)
-            self._state()
+            await trio.sleep(min(0.25, self.heartbeat))
             now = trio.current_time()
+            if now >= due:
+                self._state()
+                due = now + self.heartbeat
             for name, peer in list(self._nodes.items()):
-                if now - peer.heard > EXPIRY:
+                if now - peer.heard > self.expiry:
                     log.warning("node %s silent for %.0f s: taken for dead", name, now - peer.heard)
                     self._drop(name)
 

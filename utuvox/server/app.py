@@ -198,7 +198,9 @@ class Server:
         from utuvox.store.postgres import PostgresStore
 
         assert isinstance(store, PostgresStore)
-        self.cluster = cluster = Cluster(chat, store, open_broker(s.broker_url, f"{s.cluster_name}.events"), self.node)
+        broker = open_broker(s.broker_url, f"{s.cluster_name}.events")
+        self.cluster = cluster = Cluster(chat, store, broker, self.node, heartbeat=s.heartbeat_interval,
+                                         expiry=s.node_expiry)
         chat.hear_from(cluster)
         if self.admin is not None:
             self.admin.hear_from(cluster)

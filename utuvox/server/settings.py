@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="redis://HOST:PORT/DB or nats://HOST:PORT: join the other nodes")
     node_name: str | None = Field(None, description="this node's name in who, stats and logs (default host:port)")
     cluster_name: str = Field("utuvox", description="prefix of every channel, subject and key on the broker")
+    heartbeat_interval: float = Field(5.0, gt=0, description="seconds between a node's heartbeats on the broker")
+    node_expiry: float = Field(15.0, gt=0, description="a node silent this long is taken for dead")
     uploads: Path | None = Field(None, description="the uploads directory (default DATA_DIR/uploads); "
                                                    "nodes of a cluster share one (a shared mount)")
 
