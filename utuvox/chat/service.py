@@ -268,7 +268,9 @@ class Chat:
             if room.loaded:
                 return
             stored = await self.store.history(room.id, before=None, limit=self.config.recent_cache)
-            room.merge_loaded([self.parse_event(s) for s in stored])
+            # Events committed but not yet delivered here are left out: they come through delivery, in
+            # order, and a member must not get them twice.
+            room.merge_loaded([self.parse_event(s) for s in stored if s.seq <= room.delivered])
 
     @staticmethod
     def parse_event(stored: StoredEvent) -> Any:
