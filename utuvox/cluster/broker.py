@@ -218,7 +218,7 @@ class _RedisEngine(_Engine):
                     log.info("broker connection back")
                     self.reconnected()
                     lost = False
-                message = await self.pubsub.get_message(timeout=1.0)
+                message = await self.pubsub.get_message(timeout=None)
                 if message is not None and message.get("type") == "message":
                     self.deliver(message["data"])
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
@@ -243,6 +243,7 @@ class _NatsEngine(_Engine):
         self.url = url
         self.channel = channel
         self.nc: Any = None
+        self.closing = False
 
     async def connect(self, deliver: Callable[[bytes], None], reconnected: Callable[[], None]) -> None:
         import nats
@@ -252,7 +253,8 @@ class _NatsEngine(_Engine):
             reconnected()
 
         async def on_disconnect() -> None:
-            log.warning("broker connection lost")
+            if not self.closing:
+                log.warning("broker connection lost")
 
         async def on_error(exc: Exception) -> None:
             log.warning("broker: %s", exc)
@@ -277,4 +279,5 @@ class _NatsEngine(_Engine):
         await asyncio.Event().wait()  # nats-py delivers and reconnects on its own tasks
 
     async def close(self) -> None:
+        self.closing = True
         await self.nc.drain()
