@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="sample the server with py-spy during each measurement; summaries go to DIR")
     p.add_argument("--plot", action="store_true", help="draw PNG figures into docs/ (needs matplotlib)")
+    p.add_argument("--nodes", type=int, default=d.nodes,
+                   help="UtuVox nodes on one PostgreSQL and one broker (default 1: SQLite); clients are spread over "
+                        "them (needs '.[cluster]', PostgreSQL and the broker)")
+    p.add_argument("--broker", default=d.broker, help="the broker URL with --nodes (default redis://127.0.0.1:6379/0)")
     p.add_argument("--server-log-level", default=d.server_log_level, help="the server's --log-level (default WARNING)")
     return p
 
@@ -82,7 +86,7 @@ def options_from(args: argparse.Namespace) -> Options:
         window=args.window, text_size=args.text_size, acked_messages=args.acked_messages,
         shared_room=args.shared_room, rate=args.rate, room_size=args.room_size, duration=args.duration,
         login_concurrency=args.login_concurrency, count=args.count, parallel=args.parallel, stored=args.stored,
-        repeat=args.repeat, server_log_level=args.server_log_level,
+        repeat=args.repeat, server_log_level=args.server_log_level, nodes=args.nodes, broker=args.broker,
     )
 
 

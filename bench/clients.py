@@ -246,6 +246,7 @@ class Conn:
     last: float = 0.0  # when the last benchmark message arrived
     closed: bool = False
     connected: bool = False
+    port: int = 0  # the node to connect to (0: the loop's)
     extra: dict[str, object] = field(default_factory=dict)
 
     def fileno(self) -> int:
@@ -383,7 +384,7 @@ class Loop:
         while waiting or active:
             while waiting and active < parallel:
                 conn = waiting.popleft()
-                _open(conn, self.port)
+                _open(conn, conn.port or self.port)
                 self.conns.append(conn)
                 self.sel.register(conn.sock, selectors.EVENT_WRITE, conn)  # type: ignore[arg-type]
                 active += 1

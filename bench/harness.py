@@ -179,6 +179,80 @@ class ServerProcess(ManagedProcess):
         return self
 
 
+class ClusterProcesses:
+    """``nodes`` UtuVox servers on one fresh PostgreSQL database and one broker (made and dropped here):
+    ``tcp_port``/``ws_port`` are the first node's, ``nodes`` holds them all."""
+
+    def __init__(self, work_dir: Path, nodes: int, broker: str, *, fast_hash: bool = True,
+                 log_level: str = "WARNING") -> None:
+        self.work_dir = work_dir
+        self.count = nodes
+        self.broker = broker
+        self.fast_hash = fast_hash
+        self.log_level = log_level
+        self.nodes: list[ServerProcess] = []
+        self.database = f"utuvox_bench_{os.getpid()}_{int(time.time())}"
+
+    @property
+    def pid(self) -> int:
+        return self.nodes[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.pid for n in self.nodes]
+
+    @property
+    def tcp_port(self) -> int:
+        return self.nodes[0].tcp_port
+
+    @property
+    def ws_port(self) -> int:
+        return self.nodes[0].ws_port
+
+    def _admin(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+    def start(self) -> ClusterProcesses:
+        self._admin(f"CREATE DATABASE {self.database}")
+        url = POSTGRES.rpartition("/")[0] + "/" + self.database
+        try:
+            for i in range(1, self.count + 1):
+                env = {"UTUVOX_DATABASE_URL": url, "UTUVOX_BROKER_URL": self.broker,
+                       "UTUVOX_NODE_NAME": f"node{i}", "UTUVOX_CLUSTER_NAME": self.database}
+                node = ServerProcess(self.work_dir / f"node{i}", fast_hash=self.fast_hash, log_level=self.log_level,
+                                     env=env)
+                self.nodes.append(node.start())
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes.clear()
+        with contextlib.suppress(Exception):
+            self._admin(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+
+    def slow_cutoffs(self) -> int:
+        return sum(n.slow_cutoffs() for n in self.nodes)
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(n.log_tail(lines) for n in self.nodes)
+
+    def __enter__(self) -> ClusterProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+POSTGRES = os.environ.get("UTUVOX_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clients import BenchError
-from ..harness import Figure, Report, ServerProcess, Worker, cpu_seconds
+from ..harness import ClusterProcesses, Figure, Report, ServerProcess, Worker, cpu_seconds
 from ..irc import NgircdProcess
 from ..profile import Profiler
 
@@ -48,6 +48,9 @@ class Options:
     stored: int = 1_000_000
     repeat: int = 50
     server_log_level: str = "WARNING"
+    # several nodes: clients are spread over them (receivers round robin, sender i on node i)
+    nodes: int = 1
+    broker: str = "redis://127.0.0.1:6379/0"
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -57,7 +60,7 @@ class Options:
         return [("utuvox", t) for t in self.transports]
 
 
-Target = ServerProcess | NgircdProcess
+Target = ServerProcess | NgircdProcess | ClusterProcesses
 
 
 @contextlib.contextmanager
@@ -66,14 +69,28 @@ def open_target(target: str, work_dir: Path, opts: Options, *, fast_hash: bool =
         with NgircdProcess(work_dir) as irc:
             yield irc
         return
+    if opts.nodes > 1:
+        with ClusterProcesses(work_dir, opts.nodes, opts.broker, fast_hash=fast_hash,
+                              log_level=opts.server_log_level) as cluster:
+            yield cluster
+        return
     with ServerProcess(work_dir, fast_hash=fast_hash, log_level=opts.server_log_level) as srv:
         yield srv
 
 
 def worker_config(server: Target, transport: str, opts: Options, **extra: Any) -> dict[str, Any]:
     port = server.ws_port if transport == "ws" else server.tcp_port
-    return {"port": port, "ws_port": server.ws_port, "transport": transport,
+    nodes = server.nodes if isinstance(server, ClusterProcesses) else [server]
+    ports = [n.ws_port if transport == "ws" else n.tcp_port for n in nodes]
+    return {"port": port, "ports": ports, "ws_port": server.ws_port, "transport": transport,
             "setup_timeout": opts.setup_timeout, "timeout": opts.timeout, "parallel": opts.parallel, **extra}
+
+
+def spread(conns: list[Any], ports: list[int]) -> None:
+    """Put the connections on the nodes in turn (one node: nothing to do)."""
+    if len(ports) > 1:
+        for i, conn in enumerate(conns):
+            conn.port = ports[i % len(ports)]
 
 
 def measure(server: Target, worker: Worker, opts: Options, label: str,
@@ -87,14 +104,15 @@ def measure(server: Target, worker: Worker, opts: Options, label: str,
     if opts.profile_dir is not None:
         opts.profile_dir.mkdir(parents=True, exist_ok=True)
         profiler = Profiler(server.pid, opts.profile_dir / f"{label}.txt")
-    cpu_before = cpu_seconds(server.pid)
+    pids = server.pids if isinstance(server, ClusterProcesses) else [server.pid]
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
     started = time.monotonic()
     worker.tell("go")
     try:
         done = worker.expect("done", opts.timeout + 60)
         wall = time.monotonic() - started
         # Who was the bottleneck: a side near 100 % of its core was.
-        done["server_cpu"] = 100 * (cpu_seconds(server.pid) - cpu_before) / wall
+        done["server_cpu"] = 100 * (sum(cpu_seconds(pid) for pid in pids) - cpu_before) / wall
         done["client_cpu"] = 100 * done.get("cpu_s", float("nan")) / wall
     finally:
         summary = profiler.stop() if profiler is not None else None

@@ -31,7 +31,7 @@ from ..clients import (
     setup_steps,
 )
 from ..harness import Figure, Report, Worker, temp_dir, wait_for
-from . import Options, cpu_note, measure, open_target, point, worker_config
+from . import Options, cpu_note, measure, open_target, point, spread, worker_config
 
 BATCH = 100  # messages per write of a sender
 ERROR_FRAME = b'"type":"error"'
@@ -47,6 +47,8 @@ def worker(pipe: multiprocessing.connection.Connection, cfg: dict[str, Any]) -> 
                                          create=per_sender_rooms or i == 0), role=SENDER)
                for i in range(cfg["senders"])]
     receivers = [Conn(f"r{i}", setup_steps(dialect, f"r{i}", room), role=RECEIVER) for i in range(cfg["receivers"])]
+    spread(senders, cfg["ports"])
+    spread(receivers, cfg["ports"])
     try:
         # The first sender creates the room before anybody joins it.
         loop.establish(senders[:1], parallel=1, deadline=deadline)

@@ -32,7 +32,7 @@ from ..clients import (
     setup_steps,
 )
 from ..harness import Figure, Report, Worker, percentile, temp_dir, wait_for
-from . import Options, cpu_note, measure, open_target, point, worker_config
+from . import Options, cpu_note, measure, open_target, point, spread, worker_config
 
 LOGIN = 3
 ERROR_FRAME = b'"type":"error"'
@@ -112,6 +112,7 @@ def worker(pipe: multiprocessing.connection.Connection, cfg: dict[str, Any]) -> 
     deadline = time.monotonic() + cfg["setup_timeout"]
     sender = Conn("p0", setup_steps(dialect, "p0", room, create=True), role=SENDER)
     receivers = [Conn(f"l{i}", setup_steps(dialect, f"l{i}", room), role=RECEIVER) for i in range(cfg["receivers"])]
+    spread(receivers, cfg["ports"])  # the sender on the first node, half the receivers on the second
     storm = None
     try:
         loop.establish([sender], parallel=1, deadline=deadline)

@@ -35,9 +35,13 @@ def stored_wire(stored: StoredEvent) -> Wire:
 class InOrder:
     """Publishes committed room events in seq order; fills gaps from the store in :meth:`run`."""
 
-    def __init__(self, store: Store, publish: Callable[[Room, Wire], None]) -> None:
+    def __init__(self, store: Store, publish: Callable[[Room, Wire], None],
+                 wanted: Callable[[Room], bool] = lambda _room: True) -> None:
         self.store = store
         self.publish = publish
+        # Whether anybody here would get the room's events; if not, they are not read at all (see _skip).
+        self.wanted = wanted
+        self.skipped = 0
         self._behind: dict[int, Room] = {}  # rooms with events committed but not delivered here, by id
         self._wake = trio.lowlevel.ParkingLot()
         self.fetches = 0  # catch-up queries, for statistics
@@ -60,8 +64,19 @@ class InOrder:
         """Another node says ``room`` has committed events up to ``last_seq``."""
         if last_seq > room.known:
             room.known = last_seq
-        if room.known > room.delivered:
+        if room.known > room.delivered and not self._skip(room):
             self._fall_behind(room)
+
+    def _skip(self, room: Room) -> bool:
+        """Nobody here is in the room and nothing of this node waits in it: rather than reading events
+        nobody would get, forget the recent ones; the next join reads them from the store."""
+        if room.waiting or room.load_lock.locked() or self.wanted(room):
+            return False  # (a room being loaded for a join must go on from where the load read to)
+        room.delivered = room.known
+        room.loaded = False
+        room.recent.clear()
+        self.skipped += 1
+        return True
 
     def forget(self, room: Room) -> None:
         """The room is gone: whoever waits on one of its events is told so."""
@@ -98,6 +113,8 @@ class InOrder:
             room = self._behind.pop(room_id)
             if room.deleted:
                 self.forget(room)
+                continue
+            if self._skip(room):
                 continue
             try:
                 rows = await self.store.events_after(room.id, room.delivered, FETCH_ROWS)

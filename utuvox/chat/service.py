@@ -56,7 +56,7 @@ class Chat:
         self.rejoins = Rejoins(config.rejoin_grace)
         # Other nodes of a cluster (none by default), and in-order delivery of what any node commits.
         self.elsewhere: Elsewhere = SingleNode()
-        self.delivery = InOrder(store, self.publish)
+        self.delivery = InOrder(store, self.publish, self._followed)
         self.handlers: dict[str, Handler] = {
             "register": self._register,
             "login": self._login,
@@ -220,6 +220,10 @@ class Chat:
         key = username.lower()
         return any(s.user is not None and s.user.key == key and s is not besides
                    for s in self.bus.members(room.key)) or self.elsewhere.in_room(room.key, key)
+
+    def _followed(self, room: Room) -> bool:
+        """Whether a session here gets the room's events (a member, or an operator tailing)."""
+        return any(True for _ in self.bus.members(room.key)) or bool(getattr(self.bus, "taps", None))
 
     def publish(self, room: Room, wire: Wire) -> None:
         room.remember(wire.event)  # type: ignore[arg-type]
@@ -401,6 +405,8 @@ class Chat:
             if not self.user_in_room(room, me.name) and not self.rejoins.is_resume(room, me.key):
                 await self.record_and_wait(
                     room, lambda seq: p.JoinEvent(room=room.name, seq=seq, user=me.name))
+                # With nobody here in the room, other nodes' events may have been skipped meanwhile.
+                await self.ensure_loaded(room)
             if room.deleted:
                 raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
             # From the snapshot to the subscription there is no await: nothing can fall between them.
