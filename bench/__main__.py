@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=d.nodes,
                    help="UtuVox nodes on one PostgreSQL and one broker (default 1: SQLite); clients are spread over "
                         "them (needs '.[cluster]', PostgreSQL and the broker)")
+    p.add_argument("--postgres", action="store_true",
+                   help="with one node: PostgreSQL and the broker instead of SQLite (what a cluster costs a node)")
     p.add_argument("--broker", default=d.broker, help="the broker URL with --nodes (default redis://127.0.0.1:6379/0)")
     p.add_argument("--server-log-level", default=d.server_log_level, help="the server's --log-level (default WARNING)")
     return p
@@ -87,6 +89,7 @@ def options_from(args: argparse.Namespace) -> Options:
         shared_room=args.shared_room, rate=args.rate, room_size=args.room_size, duration=args.duration,
         login_concurrency=args.login_concurrency, count=args.count, parallel=args.parallel, stored=args.stored,
         repeat=args.repeat, server_log_level=args.server_log_level, nodes=args.nodes, broker=args.broker,
+        postgres=args.postgres,
     )
 
 

@@ -51,6 +51,7 @@ class Options:
     # several nodes: clients are spread over them (receivers round robin, sender i on node i)
     nodes: int = 1
     broker: str = "redis://127.0.0.1:6379/0"
+    postgres: bool = False  # one node on PostgreSQL (and the broker) instead of SQLite
 
     @property
     def targets(self) -> list[tuple[str, str]]:
@@ -69,7 +70,7 @@ def open_target(target: str, work_dir: Path, opts: Options, *, fast_hash: bool =
         with NgircdProcess(work_dir) as irc:
             yield irc
         return
-    if opts.nodes > 1:
+    if opts.nodes > 1 or opts.postgres:
         with ClusterProcesses(work_dir, opts.nodes, opts.broker, fast_hash=fast_hash,
                               log_level=opts.server_log_level) as cluster:
             yield cluster
