@@ -190,8 +190,10 @@ async def test_nats_carries_doorbells_presence_kicks_and_the_admin_key(tmp_path:
                 if reply["type"] == "logged_in":
                     break
                 await trio.sleep(0.05)
-        # A kick on node 1 of a user on node 2.
-        kicked = await ann.request("kick", username="ben")
+        # A kick on node 1 of a user on node 2 (from a second session: the first must not skip the leave).
+        console = await login(one, "ann")
+        kicked = await console.request("kick", username="ben")
+        await console.aclose()
         assert kicked["count"] == 1
         assert (await ben.recv_until(lambda f: f["type"] == "bye"))["code"] == "kicked"
         await ann.recv_until(lambda f: f["type"] == "leave" and f["user"] == "ben")
