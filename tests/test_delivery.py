@@ -136,3 +136,36 @@ async def test_a_room_nobody_here_follows_is_not_read_and_a_join_still_sees_all(
         page, more = await chat.history_page(room, None, 10)
         assert [(e.seq, e.text) for e in page] == [(1, "a"), (2, "b"), (3, "c")] and not more
         nursery.cancel_scope.cancel()
+
+
+class Talker(Member):
+    def acknowledge(self, request: Any, room: str, seq: int) -> None:
+        self.got.append(("ok", request.id, room, seq))
+
+
+async def test_a_session_s_answers_keep_its_order_when_one_room_waits_for_another_node(
+        stores: tuple[PostgresStore, PostgresStore], tmp_path: Path) -> None:
+    here, there = stores
+    chat = Chat(here, LocalBus(), ChatConfig(), AdminKey(tmp_path / "key"))
+    slow = await here.create_room("slow", None)
+    await here.create_room("fast", None)
+    await chat.start()
+    talker = Talker()
+    session = Session(talker, "tcp", "test")  # type: ignore[arg-type]
+    session.user = Identity("talker", False, False)
+    for name in ("slow", "fast"):
+        chat.bus.subscribe(name, session)
+        session.rooms.append(name)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(chat.delivery.run)
+        # Another node wrote to "slow" unheard of: this node's next event there waits for a read.
+        await commit_elsewhere(there, slow.id, message("slow", "far", "first"))
+        await chat.handle(session, p.Message(id=1, room="slow", text="one"))
+        await chat.handle(session, p.Message(id=2, room="fast", text="two"))
+        with trio.fail_after(5):
+            while len([g for g in talker.got if isinstance(g, tuple)]) < 2:
+                await trio.sleep(0.01)
+        oks = [g for g in talker.got if isinstance(g, tuple)]
+        assert oks == [("ok", 1, "slow", 2), ("ok", 2, "fast", 1)]
+        assert session.writes_settled == 2
+        nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import trio
@@ -56,6 +57,7 @@ class Chat:
         self.rejoins = Rejoins(config.rejoin_grace)
         # Other nodes of a cluster (none by default), and in-order delivery of what any node commits.
         self.elsewhere: Elsewhere = SingleNode()
+        self._held: dict[Session, dict[int, Callable[[], None]]] = {}  # answers waiting for earlier ones
         self.delivery = InOrder(store, self.publish, self._followed)
         self.handlers: dict[str, Handler] = {
             "register": self._register,
@@ -454,9 +456,10 @@ class Chat:
         event = p.MessageEvent(ts=utc_now(), room=room.name, seq=0, user=me.name, text=req.text,
                                action=True if req.action else None)
         peer = session.peer
+        ticket = session.writes_started  # this write's place among the session's writes
         session.write_started()
 
-        def acknowledged(seq: int, error: BaseException | None) -> None:
+        def answer(seq: int, error: BaseException | None) -> None:
             if error is None:
                 self.messages_sent += 1
                 peer.acknowledge(req, room.name, seq)
@@ -466,8 +469,25 @@ class Chat:
                           req)
             session.write_settled()
 
+        def acknowledged(seq: int, error: BaseException | None) -> None:
+            if ticket == session.writes_settled and session not in self._held:
+                answer(seq, error)  # the next answer due: always so on one node
+            else:
+                self._hold(session, ticket, partial(answer, seq, error))
+
         self.record(room, event, acknowledged)
         return None
+
+    def _hold(self, session: Session, ticket: int, answer: Callable[[], None]) -> None:
+        """Answer a session's writes in the order they were made. With several nodes, a message in one
+        room may wait for another node's events (a gap) while the session's next message, in another
+        room, is delivered at once: its answer waits here for the first."""
+        held = self._held.setdefault(session, {})
+        held[ticket] = answer
+        while (due := held.pop(session.writes_settled, None)) is not None:
+            due()
+        if not held:
+            del self._held[session]
 
     async def _msg(self, session: Session, req: p.Msg) -> Reply:
         me = self.identity(session)
