@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+from pydantic import ValidationError
 
 from utuvox.client import connect
 from utuvox.client.errors import Disconnected
 from utuvox.protocol import core as p
+from utuvox.server.settings import Settings
 
 from .clients import JsonLines
 from .databases import fresh_database
@@ -307,3 +312,25 @@ async def all_events(client: Any, room: str) -> list[Any]:
         if not page.more or not page.events:
             return events
         before = page.events[0].seq
+
+
+async def test_wrong_cluster_settings_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    async def refused(*args: str) -> tuple[int, str]:
+        result = await trio.run_process(
+            [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(tmp_path),
+             *args], capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL)
+        assert b"Server started" not in result.stdout
+        return result.returncode, result.stderr.decode()
+
+    code, err = await refused("--broker-url", REDIS)
+    assert code == 1 and "give --database-url too" in err
+    for bad, says in [({"database_url": "mysql://db/chat"}, "must start with postgresql://"),
+                      ({"broker_url": "amqp://mq"}, "must start with redis:// or nats://"),
+                      ({"cluster_name": "two words"}, "cluster name may hold only")]:
+        with pytest.raises(ValidationError, match=says):
+            Settings(**bad)  # type: ignore[arg-type]
+    code, err = await refused("--database-url", "postgresql://postgres@127.0.0.1:1/utuvox")
+    assert code == 1 and "cannot connect to PostgreSQL" in err
+    with fresh_database() as url:
+        code, err = await refused("--database-url", url, "--broker-url", "redis://127.0.0.1:1/0")
+    assert code == 1 and "cannot reach the broker" in err
