@@ -32,9 +32,10 @@ from .processes import Serving, serve, stop
 REDIS = "redis://127.0.0.1:6379/0"
 NATS = "nats://127.0.0.1:4222"
 TIMEOUT = 10
-# Fast password hashing, and a node taken for dead two seconds after it falls silent (15 by default).
+# Fast password hashing; a node taken for dead two seconds after it falls silent (15 by default); login
+# delays after the second failure on an account.
 ENV = {"UTUVOX_ARGON2_MEMORY_KIB": "1024", "UTUVOX_ARGON2_TIME_COST": "1",
-       "UTUVOX_HEARTBEAT_INTERVAL": "0.5", "UTUVOX_NODE_EXPIRY": "2"}
+       "UTUVOX_HEARTBEAT_INTERVAL": "0.5", "UTUVOX_NODE_EXPIRY": "2", "UTUVOX_LOGIN_FREE_FAILURES": "2"}
 
 
 @asynccontextmanager
@@ -195,6 +196,18 @@ async def test_nats_carries_doorbells_presence_kicks_and_the_admin_key(tmp_path:
                 if reply["type"] == "logged_in":
                     break
                 await trio.sleep(0.05)
+        # Failed logins on node 1 delay the account's logins on node 2 (messages from one node arrive in the
+        # order sent: once ben has ann's private message, node 2 has heard of the failures before it).
+        await (await login(one, "carol", register=True)).aclose()
+        guesser = await JsonLines.connect(one.port)
+        for _ in range(3):
+            assert (await guesser.request("login", username="carol", password="guess"))["code"] == "auth_failed"
+        await ann.request("msg", to="ben", text="after the guesses")
+        await ben.recv_until(lambda f: f["type"] == "msg")
+        carol = await JsonLines.connect(two.port)
+        assert (await carol.request("login", username="carol", password="pw"))["code"] == "rate_limited"
+        for c in (guesser, carol):
+            await c.aclose()
         # A kick on node 1 of a user on node 2 (from a second session: the first must not skip the leave).
         console = await login(one, "ann")
         kicked = await console.request("kick", username="ben")
