@@ -31,8 +31,10 @@ class Serving(NamedTuple):
 
 async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serving:
     """Start the server on ports 0 in ``data_dir``; returns once it has printed its startup lines (with
-    the admin key when this start creates it)."""
-    first_start = not (data_dir / "admin_key.txt").exists()
+    the admin key when this start creates it). With ``--database-url`` the key is in the database, and
+    whichever node made it printed it: ``admin_key`` is then empty (``utuvox admin-key`` reads it)."""
+    in_database = "--database-url" in args
+    first_start = not (data_dir / "admin_key.txt").exists() and not in_database
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir),
          *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -48,7 +50,8 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             out += chunk
     tls = bool(match[2])
     assert tls == (match[3] == b"wss"), out
-    key = (data_dir / "admin_key.txt").read_text().strip()  # written before the listeners start
+    # written before the listeners start
+    key = "" if in_database else (data_dir / "admin_key.txt").read_text().strip()
     end = match.end()
     with trio.fail_after(20):
         if first_start:
@@ -59,6 +62,9 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             assert line[1].decode() == key
             end = line.end()
         while not (web := WEB_CLIENT_LINE.match(out, end)):
+            if in_database and (line := ADMIN_KEY_LINE.match(out, end)):
+                end = line.end()  # this node made the cluster's key
+                continue
             chunk = await proc.stdout.receive_some(4096)
             assert chunk, f"server exited early: {out!r}"
             out += chunk

@@ -53,7 +53,12 @@ async def two_nodes(tmp_path: Path, broker: str = REDIS) -> AsyncIterator[list[S
             async with trio.open_nursery() as nursery:  # both at once: migrations under the advisory lock
                 for i in (1, 2):
                     nursery.start_soon(start, i)
-            nodes.sort(key=lambda n: n.port)
+            # The key is the cluster's, in the database: one node printed it; `utuvox admin-key` reads it.
+            shown = await trio.run_process([sys.executable, "-m", "utuvox", "admin-key", "--database-url", url],
+                                           capture_stdout=True, stdin=subprocess.DEVNULL)
+            key = shown.stdout.decode().strip()
+            assert len(key) > 16
+            nodes[:] = [n._replace(admin_key=key) for n in nodes]
             names = [await node_name(n) for n in nodes]
             yield [n for _, n in sorted(zip(names, nodes, strict=True))]
         finally:
@@ -90,7 +95,8 @@ async def until_listed(c: JsonLines, room: str, users: list[str]) -> None:
 
 async def test_two_nodes_share_accounts_rooms_presence_and_one_order(tmp_path: Path) -> None:
     async with two_nodes(tmp_path) as (one, two):
-        assert one.admin_key == two.admin_key  # one key for the whole cluster, in the database
+        # One key for the whole cluster, in the database (two_nodes reads it with `utuvox admin-key`).
+        assert one.admin_key == two.admin_key
         alice = await login(one, "alice", register=True)
         bob = await login(two, "bob", register=True)
         alice_too = await login(two, "alice")  # registered on node 1, logs in on node 2

@@ -120,7 +120,11 @@ def _schema(args: argparse.Namespace) -> int:
 def _admin_key(args: argparse.Namespace) -> int:
     from utuvox.server.settings import Settings
 
-    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir is not None else {}))
+    overrides = {k: v for k, v in {"data_dir": args.data_dir, "database_url": args.database_url}.items()
+                 if v is not None}
+    settings = Settings(**overrides)
+    if settings.database_url:
+        return _admin_key_in_database(settings.database_url)
     path = settings.admin_key_path
     try:
         key = path.read_text(encoding="utf-8").strip()
@@ -132,6 +136,29 @@ def _admin_key(args: argparse.Namespace) -> int:
         print(f"utuvox: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     print(key)
+    return 0
+
+
+def _admin_key_in_database(url: str) -> int:
+    """With a database URL the key is the cluster's, in its ``settings`` table."""
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            row = conn.execute("SELECT value FROM settings WHERE name = 'admin_key'").fetchone()
+    except ImportError:
+        print("utuvox: a database URL needs the cluster extra: pip install 'utuvox[cluster]'", file=sys.stderr)
+        return 1
+    except psycopg.errors.UndefinedTable:
+        row = None
+    except psycopg.Error as exc:
+        print(f"utuvox: cannot read the admin key from the database: {exc}", file=sys.stderr)
+        return 1
+    if row is None:
+        print("utuvox: no admin key in the database: the first `utuvox serve --database-url` creates it",
+              file=sys.stderr)
+        return 1
+    print(row[0])
     return 0
 
 
@@ -187,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser("admin-key", help="print the admin key (the key /register takes for an admin)")
     key.add_argument("--data-dir", type=Path, help="data directory (default: the current directory)")
+    key.add_argument("--database-url", metavar="URL",
+                     help="the cluster's database: its key is there (env UTUVOX_DATABASE_URL)")
     key.set_defaults(func=_admin_key)
 
     client = sub.add_parser("client", help="run the terminal client")

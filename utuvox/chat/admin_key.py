@@ -17,6 +17,7 @@ class AdminKey:
         self.path = path
         self._key = ""
         self.created = False  # whether load_or_create made the key (the one time it is shown)
+        self.where = str(path)  # where it is kept, for the log
 
     async def load(self) -> str:
         return await trio.to_thread.run_sync(self.load_or_create)
@@ -54,16 +55,20 @@ ADMIN_KEY_SETTING = "admin_key"
 
 class StoredAdminKey(AdminKey):
     """The key in the database: ``setting(name, default)`` reads it (storing ``default`` if there is none
-    yet: the first node to start makes the key), ``set_setting(name, value)`` changes it."""
+    yet: the first node to start makes the key, and is the one that shows it), ``set_setting(name, value)``
+    changes it."""
 
-    def __init__(self, setting: Callable[[str, str], Awaitable[str]],
+    def __init__(self, setting: Callable[[str, str], Awaitable[tuple[str, bool]]],
                  set_setting: Callable[[str, str], Awaitable[None]]) -> None:
         super().__init__(Path("-"))
+        self.where = "the database"
         self._setting = setting
         self._set_setting = set_setting
 
     async def load(self) -> str:
-        self._key = await self._setting(ADMIN_KEY_SETTING, secrets.token_urlsafe(24))
+        key, made = await self._setting(ADMIN_KEY_SETTING, secrets.token_urlsafe(24))
+        self._key = key
+        self.created = self.created or made
         return self._key
 
     async def change(self, new_key: str) -> None:

@@ -124,9 +124,7 @@ class Chat:
             record = await self.store.get_room(name)
             if record is not None:
                 room = await self.adopt_room(record)
-        if room is None:
-            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{name}' does not exist.")
-        return room
+        return room if room is not None else self.room(name)  # (which says it does not exist)
 
     # --- sessions -------------------------------------------------------------------------------
 

@@ -170,7 +170,7 @@ class Server:
                         # Shown once, when made: a key printed at every start ends up in every log of stdout.
                         self.announce(f"Admin key: {key}")
                     else:
-                        log.info("admin key in %s (utuvox admin-key shows it)", self.admin_key.path)
+                        log.info("admin key in %s (utuvox admin-key shows it)", self.admin_key.where)
                     self.announce(f"Web client at {'https' if tls else 'http'}://{s.host}:{self.ws_port}/")
                     log.info("listening on %s:%d (TCP) and %d (WebSocket)", s.host, self.tcp_port, self.ws_port)
                     if self.tune_gc:

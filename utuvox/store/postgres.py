@@ -469,14 +469,17 @@ class PostgresStore(GroupCommit[Conn]):
 
     # --- settings of the whole cluster ----------------------------------------------------------
 
-    async def setting(self, name: str, default: str) -> str:
-        """The setting's value; ``default`` is stored first if it has none (the first node to ask wins)."""
-        def op(conn: Conn) -> str:
-            conn.execute("INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-                         (name, default))
+    async def setting(self, name: str, default: str) -> tuple[str, bool]:
+        """The setting's value, and whether this call stored it: ``default`` is stored if there is none
+        yet (the first node to ask wins)."""
+        def op(conn: Conn) -> tuple[str, bool]:
+            made = conn.execute("INSERT INTO settings(name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
+                                " RETURNING value", (name, default)).fetchone()
+            if made is not None:
+                return made["value"], True
             row = conn.execute("SELECT value FROM settings WHERE name = %s", (name,)).fetchone()
             assert row is not None
-            return row["value"]
+            return row["value"], False
 
         return await self.write(op)
 
