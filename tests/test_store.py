@@ -171,3 +171,19 @@ async def test_writes_after_the_committer_stopped_fail_instead_of_hanging(tmp_pa
     with trio.fail_after(5), pytest.raises(Exception, match="closed"):
         await store.create_room("late", None)
     await store.close()
+
+
+async def test_a_batch_of_events_alone_is_numbered_per_room_and_a_missing_room_fails_alone(store: Any) -> None:
+    one = await store.create_room("one", None)
+    two = await store.create_room("two", None)
+    outcomes: dict[int, tuple[int, BaseException | None]] = {}
+    done = trio.Event()
+    recorder = collect(outcomes, 6, done)
+    for key, room_id in enumerate([one.id, two.id, one.id, 999_999, two.id, one.id], 1):
+        store.submit_event(event(room_id, f"e{key}"), recorder(key))  # one batch: no await in between
+    await done.wait()
+    assert {k: seq for k, (seq, error) in outcomes.items() if error is None} == {1: 1, 2: 1, 3: 2, 5: 2, 6: 3}
+    assert outcomes[4][1] is not None
+    assert [(r.seq, r.body) for r in await store.history(one.id, before=None, limit=10)] == [
+        (s, f'{{"type":"message","seq":{s},"text":"e{k}"}}') for s, k in ((1, 1), (2, 3), (3, 6))]
+    assert await store.last_seq(one.id) == 3 and await store.last_seq(two.id) == 2
