@@ -5,7 +5,8 @@ group_commit.py), a few reader connections. Measured against the alternatives (d
 was the fastest way from trio to PostgreSQL, and it keeps the event loop free of database I/O.
 
 Events are numbered inside the commit: a batch first locks the counter rows (``rooms.last_seq``) of the
-rooms it writes to, in id order, numbers its rows, and stores the new counters. A second node writing
+rooms it writes to, in id order, numbers its rows, and stores the new counters (a short batch of events
+only does all of that in one statement). A second node writing
 the same room waits for that lock until the first commits, so each room's numbers follow commit order
 and any reader sees a gap-free prefix. Migrations run under an advisory lock, so nodes may start together.
 """
