@@ -182,18 +182,21 @@ class IrcDialect(Dialect):
     name = "irc"
     # Any 4xx numeric from the server is an error reply; the server's name anchors it (a bare " 403 "
     # also turns up in "There are 403 users").
-    errors = (b"ERROR :", b".utuvox.local 4")
+    errors = (b"ERROR :", b".utuvox.local 4", b":utuvox 4")
     echoes = False
     oper_name = "bench"
     oper_password = "bench"
 
-    def __init__(self, channel: str = "#bench") -> None:
+    def __init__(self, channel: str = "#bench", *, oper: bool = True) -> None:
         self.channel = channel
+        self.oper = oper  # ngircd: become an operator to lift flood control; UtuVox's rates are settings
 
     def connect_steps(self, nick: str) -> list[Step]:
         return [Step(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode(), b" 001 ")]
 
     def login(self, user: str, *, register: bool = True) -> Step:
+        if not self.oper:  # UtuVox: a guest (a nick alone) may join and talk
+            return Step(b"PING :login\r\n", b" PONG ")
         return Step(f"OPER {self.oper_name} {self.oper_password}\r\nMODE {user} +F\r\n".encode(), b" 381 ")
 
     def enter(self, room: str, *, create: bool = False) -> Step:
@@ -210,7 +213,7 @@ class IrcDialect(Dialect):
         return Step(b"PING :bench\r\n", b" PONG ")
 
 
-def make_dialect(transport: str, ws_port: int = 0) -> Dialect:
+def make_dialect(transport: str, ws_port: int = 0, target: str = "utuvox") -> Dialect:
     if transport == "json":
         return JsonDialect()
     if transport == "text":
@@ -218,7 +221,7 @@ def make_dialect(transport: str, ws_port: int = 0) -> Dialect:
     if transport == "ws":
         return WsDialect(ws_port)
     if transport == "irc":
-        return IrcDialect()
+        return IrcDialect(oper=target == "ngircd")
     raise ValueError(f"unknown transport {transport!r}")
 
 

@@ -94,6 +94,7 @@ def server(size: int, *, pin: bool) -> Iterator[ServerProcess]:
     env = {**os.environ, "UTUVOX_MAX_UPLOAD_BYTES": str(max(size, 1) * 2), "UTUVOX_LOG_LEVEL": "WARNING",
            "UTUVOX_ARGON2_MEMORY_KIB": "1024", "UTUVOX_ARGON2_TIME_COST": "1"}
     command = [sys.executable, "-m", "utuvox", "serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", "0",
+               "--irc-port", "0",
                "--data-dir", str(data_dir)]
     if pin:
         command = ["taskset", "-c", "0", *command]

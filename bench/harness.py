@@ -91,6 +91,7 @@ class ManagedProcess:
         self.log_path = log_path
         self.tcp_port = 0
         self.ws_port = 0
+        self.irc_port = 0
 
     @property
     def pid(self) -> int:
@@ -151,7 +152,7 @@ class ServerProcess(ManagedProcess):
     def start(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(FAST_HASH_ENV if self.fast_hash else {}), **self.extra_env}
-        cmd = [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0",
+        cmd = [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--irc-port", "0",
                "--data-dir", str(self.data_dir), "--log-level", self.log_level]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed right after
         try:
@@ -163,7 +164,7 @@ class ServerProcess(ManagedProcess):
         deadline = time.monotonic() + self.startup_timeout
         os.set_blocking(self.proc.stdout.fileno(), False)
         pending = b""
-        while not (self.tcp_port and self.ws_port):
+        while not (self.tcp_port and self.ws_port and self.irc_port):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
                 raise BenchError(f"the server did not start; its log ends with:\n{self.log_tail()}")
@@ -176,6 +177,8 @@ class ServerProcess(ManagedProcess):
                 self.tcp_port = int(m.group(1))
             if m := re.search(rb"WebSocket server started on ws://[\d.]+:(\d+)", pending):
                 self.ws_port = int(m.group(1))
+            if m := re.search(rb"IRC server started on [\d.]+:(\d+)", pending):
+                self.irc_port = int(m.group(1))
         return self
 
 

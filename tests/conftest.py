@@ -19,7 +19,8 @@ FAST_HASH = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    values: dict[str, object] = {"port": 0, "ws_port": 0, "data_dir": data_dir, "detect_timeout": 0.2, **FAST_HASH}
+    values: dict[str, object] = {"port": 0, "ws_port": 0, "irc_port": 0, "data_dir": data_dir, "detect_timeout": 0.2,
+                                 **FAST_HASH}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

@@ -12,11 +12,11 @@ from typing import NamedTuple
 
 import trio
 
-# The startup lines, a contract: exactly these lines, " (TLS)", wss:// and https:// only with TLS on. The third,
+# The startup lines, a contract: exactly these lines, " (TLS)", wss:// and https:// only with TLS on. The fourth,
 # "Admin key: <key>", comes only on the start that creates the key (ADMIN_KEY_LINE); the web client's line
 # (WEB_CLIENT_LINE, on the WebSocket port) always comes last.
 STARTUP = re.compile(rb"Server started on 127\.0\.0\.1:(\d+)( \(TLS\))?\nWebSocket server started on (wss?)://"
-                     rb"127\.0\.0\.1:(\d+)\n")
+                     rb"127\.0\.0\.1:(\d+)\nIRC server started on 127\.0\.0\.1:(\d+)( \(TLS\))?\n")
 ADMIN_KEY_LINE = re.compile(rb"Admin key: (\S+)\n")
 WEB_CLIENT_LINE = re.compile(rb"Web client at (https?)://127\.0\.0\.1:(\d+)/\n")
 
@@ -27,6 +27,7 @@ class Serving(NamedTuple):
     ws_port: int
     admin_key: str
     tls: bool
+    irc_port: int = 0
 
 
 async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serving:
@@ -36,8 +37,8 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     in_database = "--database-url" in args
     first_start = not (data_dir / "admin_key.txt").exists() and not in_database
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir),
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--irc-port", "0",
+         "--data-dir", str(data_dir), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         # A JSON client is told from a text one by its first byte; on a loaded machine that byte can take
         # longer than the default half second to arrive.
         env={**os.environ, "PYTHONUNBUFFERED": "1", "UTUVOX_DETECT_TIMEOUT": "2", **(env or {})})
@@ -49,7 +50,7 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             assert chunk, f"server exited early: {out!r}"
             out += chunk
     tls = bool(match[2])
-    assert tls == (match[3] == b"wss"), out
+    assert tls == (match[3] == b"wss") == bool(match[6]), out
     # written before the listeners start
     key = "" if in_database else (data_dir / "admin_key.txt").read_text().strip()
     end = match.end()
@@ -69,7 +70,7 @@ async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
             assert chunk, f"server exited early: {out!r}"
             out += chunk
     assert web[1] == (b"https" if tls else b"http") and web[2] == match[4], out
-    return Serving(proc, int(match[1]), int(match[4]), key, tls)
+    return Serving(proc, int(match[1]), int(match[4]), key, tls, int(match[5]))
 
 
 async def stop(proc: trio.Process, sig: int = signal.SIGTERM) -> int:

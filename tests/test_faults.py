@@ -277,7 +277,8 @@ async def test_a_full_disk_gives_clear_errors_and_the_server_recovers(kind: str,
 
 async def _serve_fails(data_dir: Path) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
-        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--irc-port", "0",
+         "--data-dir", str(data_dir)],
         capture_stdout=True, capture_stderr=True, check=False, stdin=subprocess.DEVNULL)
 
 

@@ -181,15 +181,23 @@ async def test_terminal_client_and_bots_take_a_ca(tmp_path: Path, pems: dict[str
 
 async def test_serve_with_tls_flags_and_environment(tmp_path: Path, pems: dict[str, Path],
                                                     ca: trustme.CA) -> None:
-    proc, port, _, _, tls = await serve(tmp_path / "a", "--tls-cert", str(pems["cert"]), "--tls-key", str(pems["key"]))
+    proc, port, _, _, tls, irc_port = await serve(tmp_path / "a", "--tls-cert", str(pems["cert"]), "--tls-key",
+                                                  str(pems["key"]))
     assert tls
     try:
         js = JsonLines(await open_tls(port, ca))  # type: ignore[arg-type]
         assert (await js.request("ping"))["type"] == "pong"
+        irc = await open_tls(irc_port, ca)  # the IRC port speaks TLS too
+        await irc.send_all(b"PING :over-tls\r\n")
+        with trio.fail_after(5):
+            answer = b""
+            while b"over-tls" not in answer:
+                answer += await irc.receive_some(4096)
+        assert b"PONG" in answer
     finally:
         assert await stop(proc) == 0
     env = {"UTUVOX_TLS_CERT": str(pems["cert"]), "UTUVOX_TLS_KEY": str(pems["key"])}
-    proc, _, ws_port, _, tls = await serve(tmp_path / "b", env=env)
+    proc, _, ws_port, _, tls, _ = await serve(tmp_path / "b", env=env)
     assert tls
     try:
         async with trio_websocket.open_websocket_url(f"wss://127.0.0.1:{ws_port}",
@@ -206,7 +214,7 @@ async def test_serve_refuses_unusable_tls_files_clearly(tmp_path: Path, pems: di
         (["--tls-cert", str(pems["cert"]), "--tls-key", str(pems["ca"])], b"cannot use TLS certificate"),
     ]:
         result = await trio.run_process(
-            [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--data-dir",
+            [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--irc-port", "0", "--data-dir",
              str(tmp_path / "d"), *args], capture_stdout=True, capture_stderr=True, check=False,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL)
         assert result.returncode == 2, result

@@ -37,7 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
     from utuvox.store import StoreError
 
     overrides = {k: v for k, v in {
-        "host": args.host, "port": args.port, "ws_port": args.ws_port, "data_dir": args.data_dir,
+        "host": args.host, "port": args.port, "ws_port": args.ws_port, "irc_port": args.irc_port,
+        "data_dir": args.data_dir,
         "log_level": args.log_level, "admin_socket": args.admin_socket,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "database_url": args.database_url, "broker_url": args.broker_url, "node_name": args.node_name,
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port for text mode and JSON lines (default 9090; 0: any)")
     serve.add_argument("--ws-port", type=int, help="WebSocket port (default 9091; 0: any)")
+    serve.add_argument("--irc-port", type=int, help="IRC port (default 6667; 0: any)")
     serve.add_argument("--data-dir", type=Path, help="data directory (default: the current directory)")
     serve.add_argument("--admin-socket", type=Path, help="operators' Unix socket (default DATA_DIR/admin.sock)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")

@@ -83,7 +83,12 @@ def worker_config(server: Target, transport: str, opts: Options, **extra: Any) -
     port = server.ws_port if transport == "ws" else server.tcp_port
     nodes = server.nodes if isinstance(server, ClusterProcesses) else [server]
     ports = [n.ws_port if transport == "ws" else n.tcp_port for n in nodes]
+    ngircd = isinstance(server, NgircdProcess)
+    if transport == "irc" and not ngircd:
+        port = server.irc_port  # type: ignore[union-attr]
+        ports = [n.irc_port for n in nodes]  # type: ignore[union-attr]
     return {"port": port, "ports": ports, "ws_port": server.ws_port, "transport": transport,
+            "target": "ngircd" if ngircd else "utuvox",
             "setup_timeout": opts.setup_timeout, "timeout": opts.timeout, "parallel": opts.parallel, **extra}
 
 

@@ -15,7 +15,7 @@ SETTLE = 1.0  # seconds to let the server finish what the last logins started be
 
 
 def worker(pipe: multiprocessing.connection.Connection, cfg: dict[str, Any]) -> None:
-    dialect = make_dialect(cfg["transport"], cfg["ws_port"])
+    dialect = make_dialect(cfg["transport"], cfg["ws_port"], cfg.get("target", "utuvox"))
     loop = Loop(cfg["port"], dialect)
     conns = [Conn(f"c{i}", setup_steps(dialect, f"c{i}", None)) for i in range(cfg["count"])]
     try:

@@ -38,7 +38,7 @@ ERROR_FRAME = b'"type":"error"'
 
 
 def worker(pipe: multiprocessing.connection.Connection, cfg: dict[str, Any]) -> None:
-    dialect = make_dialect(cfg["transport"], cfg["ws_port"])
+    dialect = make_dialect(cfg["transport"], cfg["ws_port"], cfg.get("target", "utuvox"))
     loop = Loop(cfg["port"], dialect)
     room = cfg["room"]
     per_sender_rooms = cfg.get("per_sender_rooms", False)

@@ -77,7 +77,7 @@ def fill(db_path: Path, count: int) -> float:
 
 
 def worker(pipe: multiprocessing.connection.Connection, cfg: dict[str, Any]) -> None:
-    dialect = make_dialect(cfg["transport"], cfg["ws_port"])
+    dialect = make_dialect(cfg["transport"], cfg["ws_port"], cfg.get("target", "utuvox"))
     port = cfg["port"]
     repeat = cfg["repeat"]
     last_seq = cfg["last_seq"]

@@ -106,7 +106,7 @@ class LoginStorm:
 
 
 def worker(pipe: multiprocessing.connection.Connection, cfg: dict[str, Any]) -> None:
-    dialect = make_dialect(cfg["transport"], cfg["ws_port"])
+    dialect = make_dialect(cfg["transport"], cfg["ws_port"], cfg.get("target", "utuvox"))
     loop = Loop(cfg["port"], dialect)
     room = cfg["room"]
     deadline = time.monotonic() + cfg["setup_timeout"]

@@ -69,6 +69,8 @@ class Chat:
             "message": self._message,
             "msg": self._msg,
             "history": self._history,
+            "private_history": self._private_history,
+            "topic": self._topic,
             "list_all_users": self._list_all_users,
             "list_users_in_room": self._list_users_in_room,
             "list_all_rooms": self._list_all_rooms,
@@ -115,6 +117,8 @@ class Chat:
         room = self.rooms.get(record.name.lower())
         if room is None or room.id != record.id:
             room = self.rooms[record.name.lower()] = Room(record.id, record.name, last, self.config.recent_cache)
+        room.created_by, room.topic, room.topic_by, room.topic_ts = (
+            record.created_by, record.topic, record.topic_by, record.topic_ts)
         return room
 
     async def find_room(self, name: str) -> Room:
@@ -141,7 +145,8 @@ class Chat:
         for room_name in list(session.rooms):
             room = self.rooms.get(room_name.lower())
             if room is not None:
-                await self._part(session, room, record=not self.stopping)
+                await self._part(session, room, session.quit_reason or "Connection closed", quit=True,
+                                 record=not self.stopping)
         session.rooms.clear()
         self._forget_user(session)
         self.elsewhere.gone(session)
@@ -160,6 +165,22 @@ class Chat:
         self.by_user.setdefault(identity.key, {})[session] = None
         self.limits.signed_in(session, identity)
         self.elsewhere.changed(session)
+
+    def sign_in_guest(self, session: Session, nick: str) -> None:
+        """An IRC connection that gave only a nick: it acts under that name, marked as a guest. A guest
+        changing nick is signed in again under the new one."""
+        if session.user is not None:
+            self._forget_user(session)
+        self._sign_in(session, Identity(nick, False, False, guest=True))
+
+    def sign_out_guest(self, session: Session) -> None:
+        """A guest about to log in or register: it no longer holds its nick as a name."""
+        if session.user is not None and session.user.guest:
+            self._forget_user(session)
+            session.user = None
+
+    def guest_holds(self, name: str) -> bool:
+        return any(s.user is not None and s.user.guest for s in self.by_user.get(name.lower(), ()))
 
     def sessions_of(self, username: str) -> list[Session]:
         return list(self.by_user.get(username.lower(), ()))
@@ -230,10 +251,11 @@ class Chat:
         self.bus.publish(room.key, wire)
 
     def record(self, room: Room, event: p.MessageEvent | p.JoinEvent | p.LeaveEvent | p.FileEvent,
-               on_done: Callable[[int, BaseException | None], None] | None = None) -> None:
+               on_done: Callable[[int, BaseException | None], None] | None = None,
+               origin: Session | None = None) -> None:
         """Queue a room event (made with ``seq=0``) for commit. The store numbers it; once durable it is
         remembered and published in seq order, then ``on_done(seq, None)`` runs (or ``on_done(0, error)``
-        and nothing is published)."""
+        and nothing is published). ``origin`` is the session whose request made it."""
         line = json_codec.encode(event)
         kind, user = event.type, event.user
 
@@ -243,13 +265,13 @@ class Chat:
                     on_done(seq, error)
                 return
             wire = Wire.encoded(event.model_copy(update={"seq": seq}),
-                                line.replace(b',"seq":0,', b',"seq":%d,' % seq, 1))
+                                line.replace(b',"seq":0,', b',"seq":%d,' % seq, 1), origin)
             self.delivery.committed(room, seq, wire, on_done or _nothing)
 
         self.store.submit_event(StoredEvent(room.id, 0, event.ts.timestamp(), kind, user, line[:-1].decode()),
                                 committed)
 
-    async def record_and_wait(self, room: Room, make: Callable[[int], Any]) -> None:
+    async def record_and_wait(self, room: Room, make: Callable[[int], Any], origin: Session | None = None) -> None:
         """Commit a room event built by ``make(0)`` and wait until it is durable and published."""
         await self.store.wait_for_room()
         done = trio.Event()
@@ -260,7 +282,7 @@ class Chat:
                 failure.append(error)
             done.set()
 
-        self.record(room, make(0), on_done)
+        self.record(room, make(0), on_done, origin)
         await done.wait()
         if failure:
             raise StoreError(str(failure[0]))
@@ -315,7 +337,7 @@ class Chat:
                 self._login_failed(session, None)  # a guessed admin key is a guessed password
                 raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
             is_admin = True
-        if await self.store.get_user(req.username) is not None:
+        if await self.store.get_user(req.username) is not None or self.guest_holds(req.username):
             raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
         hashed = await self.passwords.hash(req.password)
         try:
@@ -376,6 +398,7 @@ class Chat:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.") from None
         room = Room(record.id, record.name, 0, self.config.recent_cache)
         room.loaded = True
+        room.created_by = me.name
         self.rooms[room.key] = room
         self.elsewhere.tell("room_created", id=room.id, name=room.name)
         log.info("room %s created by %s", room.name, me.name)
@@ -403,8 +426,9 @@ class Chat:
         else:
             await self.ensure_loaded(room)
             if not self.user_in_room(room, me.name) and not self.rejoins.is_resume(room, me.key):
+                face = session.face()
                 await self.record_and_wait(
-                    room, lambda seq: p.JoinEvent(room=room.name, seq=seq, user=me.name))
+                    room, lambda seq: p.JoinEvent(room=room.name, seq=seq, user=me.name, **face), session)
                 # With nobody here in the room, other nodes' events may have been skipped meanwhile.
                 await self.ensure_loaded(room)
             if room.deleted:
@@ -414,23 +438,28 @@ class Chat:
             session.rooms.append(room.name)
             self.elsewhere.changed(session)
         recent = list(room.recent)[-self.config.join_history:]
-        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.delivered)
+        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.delivered, **self._topic_of(room))
 
-    async def _part(self, session: Session, room: Room, *, record: bool = True) -> None:
+    async def _part(self, session: Session, room: Room, reason: str | None = None, *, quit: bool = False,
+                    record: bool = True) -> None:
         self.bus.unsubscribe(room.key, session)
         if room.name in session.rooms:
             session.rooms.remove(room.name)
             self.elsewhere.changed(session)
         me = session.user
         if record and me is not None and not room.deleted and not self.user_in_room(room, me.name):
+            face = session.face()
             try:
-                await self.record_and_wait(room, lambda seq: p.LeaveEvent(room=room.name, seq=seq, user=me.name))
+                await self.record_and_wait(
+                    room, lambda seq: p.LeaveEvent(room=room.name, seq=seq, user=me.name, reason=reason,
+                                                  quit=quit or None, **face),
+                    session)
             except StoreError as exc:
                 log.error("could not record %s leaving %s: %s", me.name, room.name, exc)
 
     async def _leave(self, session: Session, req: p.Leave) -> Reply:
         room = self.my_room(session, req.room)
-        await self._part(session, room)
+        await self._part(session, room, req.reason or None)
         return p.Left(re=req.id, room=room.name, current=session.current_room)
 
     # --- messages -------------------------------------------------------------------------------
@@ -452,7 +481,8 @@ class Chat:
         if room.deleted:  # while this session waited above
             raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
         event = p.MessageEvent(ts=utc_now(), room=room.name, seq=0, user=me.name, text=req.text,
-                               action=True if req.action else None)
+                               action=True if req.action else None, notice=req.notice or None, tags=req.tags,
+                               **session.face())
         peer = session.peer
         ticket = session.writes_started  # this write's place among the session's writes
         session.write_started()
@@ -473,7 +503,7 @@ class Chat:
             else:
                 self._hold(session, ticket, partial(answer, seq, error))
 
-        self.record(room, event, acknowledged)
+        self.record(room, event, acknowledged, session)
         return None
 
     def _hold(self, session: Session, ticket: int, answer: Callable[[], None]) -> None:
@@ -499,12 +529,19 @@ class Chat:
                 raise ProtocolError(Code.NO_SUCH_USER, f"User '{req.to}' does not exist.")
             raise ProtocolError(Code.USER_OFFLINE, f"User '{req.to}' is not online.")
         to = targets[0].user.name if targets and targets[0].user else (remote[0].user if remote else None) or req.to
-        event = p.PrivateMessage(user=me.name, to=to, text=req.text)
         await self.settle_user(session)
-        self.deliver_private(event)
+        face = session.face()
+        event = p.PrivateMessage(user=me.name, to=to, text=req.text, notice=req.notice or None, tags=req.tags, **face)
+        # Stored before it is delivered, for both people: each can page the conversation later. A
+        # guest's conversations are not kept (a guest's name is not theirs once they leave).
+        if not me.guest and not (targets and targets[0].user and targets[0].user.guest):
+            seq = await self.store.add_private(ts=event.ts.timestamp(), sender=me.name, recipient=to,
+                                               body=event.model_dump_json(exclude_none=True))
+            event = event.model_copy(update={"seq": seq})
+        self.deliver_private(event, session)
         if remote:
             self.elsewhere.tell("private_message", event=event.model_dump(mode="json"))
-        return p.Ok(re=req.id)
+        return p.Ok(re=req.id, seq=event.seq)
 
     def hear_from(self, elsewhere: Elsewhere) -> None:
         """Take what the other nodes of a cluster tell the chat: rooms they made, private messages to
@@ -522,19 +559,104 @@ class Chat:
         elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], monotonic()))
         elsewhere.on("login_succeeded", lambda m: throttle.succeeded(m["account"], m["address"]))
 
-    def deliver_private(self, event: p.PrivateMessage) -> None:
-        """Hand a private message to the recipient's sessions on this node."""
-        wire = Wire(event)
+    def deliver_private(self, event: p.PrivateMessage, origin: Session | None = None) -> None:
+        """Hand a private message to the recipient's sessions on this node; and, when it was sent from
+        here (``origin``), to the sender's other sessions (an IRC client of the same account, say) and to
+        the sending session itself if it asked to see its own (IRC echo-message)."""
+        wire = Wire(event, origin)
         for target in self.sessions_of(event.to):
             target.peer.deliver(wire)
+        if origin is not None and event.to.lower() != event.user.lower():
+            for other in self.sessions_of(event.user):
+                if other is not origin or origin.echo_private:
+                    other.peer.deliver(wire)
 
     async def _history(self, session: Session, req: p.History) -> Reply:
         room = self.room(req.room) if req.room else self.my_room(session, None)
         if room.name not in session.rooms and not session.is_operator:
             raise ProtocolError(Code.NOT_IN_ROOM, f"Join room '{room.name}' to read its history.")
         limit = min(req.limit or self.config.join_history, self.config.history_page_max)
-        events, more = await self.history_page(room, req.before, limit)
+        if req.after is None and req.after_ts is None and req.before_ts is None:
+            events, more = await self.history_page(room, req.before, limit)
+            return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
+        after, before = req.after, req.before
+        if req.after_ts is not None:
+            after = max(after or 0, await self.seq_after(room, req.after_ts))
+        if req.before_ts is not None:
+            at = await self.store.seq_at(room.id, req.before_ts.timestamp())
+            before = at if before is None else min(before, at)
+        events, more = await self.room_events(room, after=after, before=before, limit=limit, latest=after is None)
         return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
+
+    async def seq_after(self, room: Room, ts: datetime) -> int:
+        """The last sequence number at or before ``ts`` (events after it are strictly later)."""
+        return await self.store.seq_at(room.id, ts.timestamp() + 1e-6) - 1
+
+    async def room_events(self, room: Room, *, after: int | None, before: int | None, limit: int,
+                          latest: bool) -> tuple[list[Any], bool]:
+        """Events with ``after < seq < before``: the newest ``limit`` if ``latest``, else the oldest; and
+        whether more lie beyond them."""
+        stored = await self.store.history_range(room.id, after=after, before=before, limit=limit + 1, latest=latest)
+        more = len(stored) > limit
+        stored = stored[-limit:] if latest else stored[:limit]
+        return [self.parse_event(s) for s in stored], more
+
+    async def private_events(self, me: Identity, other: str, *, after: int | None, before: int | None, limit: int,
+                             latest: bool) -> tuple[list[p.PrivateMessage], bool]:
+        found = await self.store.private_history(me.name, other, after=after, before=before, limit=limit + 1,
+                                                 latest=latest)
+        more = len(found) > limit
+        found = found[-limit:] if latest else found[:limit]
+        return [p.PrivateMessage.model_validate_json(m.body).model_copy(update={"seq": m.id}) for m in found], more
+
+    async def _private_history(self, session: Session, req: p.PrivateHistory) -> Reply:
+        me = self.identity(session)
+        user = await self.store.get_user(req.user)
+        if user is None:
+            raise ProtocolError(Code.NO_SUCH_USER, f"User '{req.user}' does not exist.")
+        limit = min(req.limit or self.config.join_history, self.config.history_page_max)
+        after, before = req.after, req.before
+        if req.after_ts is not None:
+            at = await self.store.private_id_at(me.name, user.name, req.after_ts.timestamp() + 1e-6)
+            after = max(after or 0, at - 1)
+        if req.before_ts is not None:
+            at = await self.store.private_id_at(me.name, user.name, req.before_ts.timestamp())
+            before = at if before is None else min(before, at)
+        messages, more = await self.private_events(me, user.name, after=after, before=before, limit=limit,
+                                                   latest=after is None)
+        return p.PrivateHistoryPage(re=req.id, user=user.name, messages=messages, more=more)
+
+    # --- topics ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _topic_of(room: Room) -> dict[str, Any]:
+        if room.topic is None:
+            return {}
+        return {"topic": room.topic, "topic_by": room.topic_by,
+                "topic_ts": datetime.fromtimestamp(room.topic_ts or 0, UTC)}
+
+    async def _topic(self, session: Session, req: p.Topic) -> Reply:
+        me = self.identity(session)
+        room = self.room(req.room)
+        if req.text is None:
+            info = self._topic_of(room)
+            return p.RoomTopic(re=req.id, room=room.name, topic=info.get("topic"), by=info.get("topic_by"),
+                               set_at=info.get("topic_ts"))
+        if room.name not in session.rooms and not session.is_operator:
+            raise ProtocolError(Code.NOT_IN_ROOM, f"You are not in room '{room.name}'.")
+        # A guest who created a room keeps its rights while it holds the name.
+        creator = room.created_by is not None and room.created_by.lower() == me.key
+        if not (creator or me.is_admin):
+            raise ProtocolError(Code.FORBIDDEN,
+                                f"Only the creator of room '{room.name}' or an admin may set its topic.")
+        topic = req.text or None
+        now = utc_now()
+        await self.store.set_topic(room.id, topic, me.name, now.timestamp())
+        room.topic, room.topic_by, room.topic_ts = topic, me.name, now.timestamp()
+        face = {"nick": session.nick} if session.nick and session.nick != me.name else {}
+        self.bus.publish(room.key, Wire(p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, **face),
+                                        session))
+        return p.Ok(re=req.id)
 
     async def history_page(self, room: Room, before: int | None, limit: int) -> tuple[list[Any], bool]:
         await self.ensure_loaded(room)

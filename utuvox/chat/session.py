@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -41,6 +41,7 @@ class Identity:
     name: str
     is_admin: bool
     is_bot: bool
+    guest: bool = False  # an IRC connection that gave a nick only: no account behind the name
 
     @property
     def key(self) -> str:
@@ -62,6 +63,15 @@ class Session:
     rooms: list[str] = field(default_factory=list)
     # On the admin socket: the OS user who connected (from SO_PEERCRED).
     operator: str | None = None
+    # On IRC: the nick, the session's face there (the account stays the identity), and the user name
+    # its client gave (USER).
+    nick: str | None = None
+    ident: str | None = None
+    realname: str | None = None
+    # Why the session ended, as its client said (IRC QUIT), for the others in its rooms.
+    quit_reason: str | None = None
+    # Whether the session is sent its own private messages back (IRC echo-message).
+    echo_private: bool = False
     # Pipelined writes (messages) handed to the store, and how many of them have been answered (committed
     # and acknowledged, or failed). Both only grow, so "everything written so far" is a number to wait for.
     writes_started: int = 0
@@ -92,6 +102,18 @@ class Session:
     @property
     def current_room(self) -> str | None:
         return self.rooms[-1] if self.rooms else None
+
+    def face(self) -> dict[str, Any]:
+        """What events add beside the account name: the IRC nick where it differs, the guest and bot marks."""
+        user = self.user
+        extra: dict[str, Any] = {}
+        if self.nick is not None and user is not None and self.nick != user.name:
+            extra["nick"] = self.nick
+        if user is not None and user.guest:
+            extra["guest"] = True
+        if user is not None and user.is_bot:
+            extra["bot"] = True
+        return extra
 
     @property
     def is_operator(self) -> bool:

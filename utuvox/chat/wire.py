@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from utuvox.protocol import Event, json_codec, text_codec
 from utuvox.protocol.core import MessageEvent
+from utuvox.protocol.irc import render as irc_render
+
+if TYPE_CHECKING:
+    from .session import Session
 
 
 class Wire:
-    __slots__ = ("_framed", "_text_here", "_text_there", "event", "json", "room")
+    __slots__ = ("_framed", "_irc", "_text_here", "_text_there", "event", "json", "origin", "room")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, event: Event, origin: Session | None = None) -> None:
         self.event = event
+        # The session whose request made the event: IRC shows a sender its own message only when it
+        # asked for echo-message, and names the sender as that session does (nick!ident@host).
+        self.origin = origin
+        self._irc: dict[int, bytes] | None = None
         self.room: str | None = getattr(event, "room", None)
         self.json: bytes = json_codec.encode(event)  # one line, newline included
         self._text_here: bytes | None = None
@@ -20,10 +29,12 @@ class Wire:
         self._framed: tuple[Callable[[bytes], bytes], bytes] | None = None
 
     @classmethod
-    def encoded(cls, event: Event, json: bytes) -> Wire:
+    def encoded(cls, event: Event, json: bytes, origin: Session | None = None) -> Wire:
         """A wire for ``event`` whose JSON line is already made (numbered by the store, or read from it)."""
         wire = cls.__new__(cls)
         wire.event = event
+        wire.origin = origin
+        wire._irc = None
         wire.room = getattr(event, "room", None)
         wire.json = json
         wire._text_here = wire._text_there = None
@@ -36,6 +47,22 @@ class Wire:
         if cached is None or cached[0] is not frame:
             cached = self._framed = (frame, frame(self.json))
         return cached[1]
+
+    def irc(self, flags: int) -> bytes:
+        """The IRC line(s) for a reader whose capabilities come to ``flags`` (see protocol.irc.render),
+        made once per distinct set of capabilities."""
+        cache = self._irc
+        if cache is None:
+            cache = self._irc = {}
+        data = cache.get(flags)
+        if data is None:
+            origin = self.origin
+            source = realname = None
+            if origin is not None and origin.nick is not None:
+                source = irc_render.prefix(origin.nick, origin.ident)
+                realname = origin.realname
+            data = cache[flags] = irc_render.event(self.event, flags, source, realname=realname)
+        return data
 
     def text(self, current_room: str | None) -> bytes:
         """The text-mode line. Room messages render two ways: in the reader's current room, or

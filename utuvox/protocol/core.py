@@ -6,14 +6,29 @@ map one to one. Field names here are public API: bots are written against them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from .base import Event, Reply, Request
 from .names import Name, Password
 
 Text = Annotated[str, StringConstraints(min_length=1)]
+
+
+def _check_client_tags(tags: dict[str, str] | None) -> dict[str, str] | None:
+    if tags is None:
+        return None
+    if any(not k.startswith("+") or len(k) < 2 or any(c in k for c in "; =\r\n\0") for k in tags):
+        raise ValueError("client tags are named '+name'")
+    if sum(len(k) + len(v) + 2 for k, v in tags.items()) > 4094:
+        raise ValueError("client tags are at most 4094 bytes")
+    return tags
+
+
+# IRCv3 client-only tags (``+name``) that travel with a message (a reply's reference, a reaction...).
+ClientTags = Annotated[dict[str, str] | None, AfterValidator(_check_client_tags)]
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -54,6 +69,7 @@ class Join(Request):
 class Leave(Request):
     type: Literal["leave"] = "leave"
     room: Name | None = None
+    reason: Annotated[str, StringConstraints(max_length=300)] | None = None
 
 
 class Message(Request):
@@ -63,6 +79,8 @@ class Message(Request):
     room: Name | None = None
     # An action, IRC's /me: "alice waves" rather than "alice: waves". Left out (not false) otherwise.
     action: bool | None = None
+    notice: bool | None = None  # an IRC NOTICE: by convention, bots never answer one
+    tags: ClientTags = None
 
 
 class Msg(Request):
@@ -71,13 +89,44 @@ class Msg(Request):
     type: Literal["msg"] = "msg"
     to: Name
     text: Text
+    notice: bool | None = None  # an IRC NOTICE
+    tags: ClientTags = None
 
 
 class History(Request):
+    """A page of a room's history. By sequence number (``before``, ``after``) or by time (``before_ts``,
+    ``after_ts``); with only a lower bound the page is the oldest events after it, else the newest."""
+
     type: Literal["history"] = "history"
     room: Name | None = None  # the current room when left out
     before: int | None = Field(default=None, ge=1)
     limit: int | None = Field(default=None, ge=1, le=500)
+    after: int | None = Field(default=None, ge=0)
+    before_ts: datetime | None = None
+    after_ts: datetime | None = None
+
+
+class PrivateHistory(Request):
+    """A page of the private conversation with ``user``, paged by the messages' ``seq`` like a room."""
+
+    type: Literal["private_history"] = "private_history"
+    user: Name
+    before: int | None = Field(default=None, ge=1)
+    after: int | None = Field(default=None, ge=0)
+    limit: int | None = Field(default=None, ge=1, le=500)
+    before_ts: datetime | None = None
+    after_ts: datetime | None = None
+
+
+TopicText = Annotated[str, StringConstraints(max_length=390)]
+
+
+class Topic(Request):
+    """Read a room's topic, or set it (``text``; empty clears it): the room's creator or an admin."""
+
+    type: Literal["topic"] = "topic"
+    room: Name
+    text: TopicText | None = None
 
 
 class ListAllUsers(Request):
@@ -171,6 +220,9 @@ class Joined(Reply):
     created: bool = False
     history: list[RoomEventUnion] = Field(default_factory=list)
     last_seq: int = 0
+    topic: str | None = None
+    topic_by: str | None = None
+    topic_ts: datetime | None = None
 
 
 class Left(Reply):
@@ -186,6 +238,25 @@ class HistoryPage(Reply):
     room: str
     events: list[RoomEventUnion]
     more: bool
+
+
+class PrivateHistoryPage(Reply):
+    """A page of a private conversation, oldest first. ``more`` says whether older messages exist."""
+
+    type: Literal["private_history_page"] = "private_history_page"
+    user: str
+    messages: list[PrivateMessage]
+    more: bool
+
+
+class RoomTopic(Reply):
+    """Answer to ``topic``: the room's topic (``null`` when none is set), who set it and when."""
+
+    type: Literal["room_topic"] = "room_topic"
+    room: str
+    topic: str | None = None
+    by: str | None = None
+    set_at: datetime | None = None
 
 
 class UserList(Reply):
@@ -239,12 +310,19 @@ class RoomEvent(Event):
     room: str
     seq: int
     user: str
+    # The sender's IRC nick, where it differs from the account name; guests (IRC, nick only) and bots
+    # are marked.
+    nick: str | None = None
+    guest: bool | None = None
+    bot: bool | None = None
 
 
 class MessageEvent(RoomEvent):
     type: Literal["message"] = "message"
     text: str
     action: bool | None = None  # /me: shown as "* alice waves"; absent for an ordinary message
+    notice: bool | None = None
+    tags: dict[str, str] | None = None
 
 
 class JoinEvent(RoomEvent):
@@ -252,7 +330,11 @@ class JoinEvent(RoomEvent):
 
 
 class LeaveEvent(RoomEvent):
+    """Someone left the room; ``quit`` when it was because their connection ended."""
+
     type: Literal["leave"] = "leave"
+    reason: str | None = None
+    quit: bool | None = None
 
 
 class FileEvent(RoomEvent):
@@ -270,10 +352,28 @@ RoomEventUnion = Annotated[MessageEvent | JoinEvent | LeaveEvent | FileEvent, Fi
 
 
 class PrivateMessage(Event):
+    """A private message; ``seq`` numbers it in the conversation of its two people (stored ones)."""
+
     type: Literal["msg"] = "msg"
     user: str
     to: str
     text: str
+    seq: int | None = None
+    nick: str | None = None
+    guest: bool | None = None
+    bot: bool | None = None
+    notice: bool | None = None
+    tags: dict[str, str] | None = None
+
+
+class TopicEvent(Event):
+    """A room's topic was set (or cleared: ``topic`` is ``null``)."""
+
+    type: Literal["topic"] = "topic"
+    room: str
+    user: str
+    topic: str | None = None
+    nick: str | None = None
 
 
 class RoomDeleted(Event):
@@ -305,15 +405,17 @@ class Keepalive(Event):
 
 Joined.model_rebuild()
 HistoryPage.model_rebuild()
+PrivateHistoryPage.model_rebuild()
 
 REQUESTS: list[type[Request]] = [
-    Register, Login, ChangePassword, Create, Join, Leave, Message, Msg, History,
+    Register, Login, ChangePassword, Create, Join, Leave, Message, Msg, History, PrivateHistory, Topic,
     ListAllUsers, ListUsersInRoom, ListAllRooms, WhoAmI, WhereAmI, Help, Quit, Ping,
 ]  # fmt: skip
 REPLIES: list[type[Reply]] = [
-    Ok, Error, LoggedIn, Joined, Left, HistoryPage, UserList, RoomList,
+    Ok, Error, LoggedIn, Joined, Left, HistoryPage, PrivateHistoryPage, RoomTopic, UserList, RoomList,
     WhoAmIReply, WhereAmIReply, HelpReply, Pong, Goodbye,
 ]  # fmt: skip
 EVENTS: list[type[Event]] = [
-    MessageEvent, JoinEvent, LeaveEvent, FileEvent, PrivateMessage, RoomDeleted, Announcement, Notice, Keepalive,
+    MessageEvent, JoinEvent, LeaveEvent, FileEvent, PrivateMessage, TopicEvent, RoomDeleted, Announcement, Notice,
+    Keepalive,
 ]  # fmt: skip

@@ -61,8 +61,9 @@ for _name, _params, _usage, _desc in [
     ("message", ("text*",), "<text>", "Send a message to the current room (a plain line does too)."),
     ("me", ("text*",), "<action>", "Say what you do, as an action: /me waves shows '* alice waves'."),
     ("msg", ("to", "text*"), "<user> <text>", "Send a private message to a user."),
-    ("history", ("room?", "limit?"), "[room] [n]",
-     "Show the last n events of the current room or the one named (older with JSON 'before')."),
+    ("history", ("room?", "limit?"), "[room|@user] [n]",
+     "Show the last n events of the current room or the one named, or of your private messages with a user."),
+    ("topic", ("room", "text?*"), "<room> [text]", "Show a room's topic, or set it (room creator or admin)."),
     ("list_all_users", (), "", "List all online users."),
     ("list_users_in_room", ("room?",), "[room]", "List users currently in the joined room."),
     ("list_all_rooms", (), "", "List all available chat rooms."),
@@ -92,8 +93,12 @@ def parse_line(line: str) -> Request:
         fields["limit"] = fields.pop("room")  # "/history 20": the last 20 of the current room
     if name.lower() == "me":
         fields["action"] = True
+    type_ = command.type
+    if type_ == "history" and str(fields.get("room", "")).startswith("@"):  # /history @bob: a private talk
+        type_ = "private_history"
+        fields["user"] = fields.pop("room")[1:]
     try:
-        return REQUESTS_BY_TYPE[command.type].model_validate(fields)
+        return REQUESTS_BY_TYPE[type_].model_validate(fields)
     except ValidationError as exc:
         err = exc.errors(include_url=False, include_input=False)[0]
         raise ProtocolError(Code.BAD_REQUEST, f"{plain_error(err)} Usage: {command.usage}") from None
@@ -188,6 +193,10 @@ def _event_line(event: Frame, current_room: str | None) -> str:
         return f"User {event.user} uploaded file '{event.name}' (Original: {clean(event.original)})"
     if isinstance(event, core.PrivateMessage):
         return f"[private] {event.user}: {clean(event.text)}"
+    if isinstance(event, core.TopicEvent):
+        if event.topic is None:
+            return f"{event.user} cleared the topic of room '{event.room}'"
+        return f"{event.user} set the topic of room '{event.room}': {clean(event.topic)}"
     if isinstance(event, core.RoomDeleted):
         return f"Room '{event.room}' was deleted by {event.by}."
     if isinstance(event, core.Announcement):
@@ -218,6 +227,7 @@ def _ok(reply: core.Ok, request: Request | None) -> list[str]:
     wording = {
         "changepassword": "Password changed successfully.",
         "msg": f"Private message sent to {getattr(request, 'to', '')}.",
+        "topic": f"Topic of '{getattr(request, 'room', '')}' set.",
     }
     if kind in OK_WORDING:
         return [OK_WORDING[kind](reply, request)]
@@ -228,6 +238,8 @@ def _joined(reply: core.Joined) -> list[tuple[datetime | None, str]]:
     lines: list[tuple[datetime | None, str]] = []
     if reply.created:
         lines.append((None, f"Room '{reply.room}' created successfully."))
+    if reply.topic:
+        lines.append((None, f"Topic of '{reply.room}': {clean(reply.topic)}"))
     if reply.history:
         lines.append((None, f"Chat history for '{reply.room}':"))
         lines += [(e.ts, _event_line(e, reply.room)) for e in reply.history]
@@ -270,6 +282,8 @@ REPLY_RENDERERS: dict[type, Renderer] = {
         "Available commands:", *r.commands, *(["Admin commands:", *r.admin_commands] if r.admin_commands else [])
     ],
     core.Pong: lambda r, _: "Pong.",
+    core.RoomTopic: lambda r, _: (f"Topic of '{r.room}': {clean(r.topic)}" if r.topic
+                                  else f"Room '{r.room}' has no topic."),
     core.Goodbye: lambda r, _: "Goodbye." if r.code == "quit" else f"Disconnected: {clean(r.reason)}",
 }
 
@@ -282,6 +296,11 @@ def _reply_lines(frame: Frame, request: Request | None) -> list[tuple[datetime |
             return [(None, f"No history for '{frame.room}'.")]
         head: list[tuple[datetime | None, str]] = [(None, f"Chat history for '{frame.room}':")]
         return head + [(e.ts, _event_line(e, frame.room)) for e in frame.events]
+    if isinstance(frame, core.PrivateHistoryPage):
+        if not frame.messages:
+            return [(None, f"No private messages with {frame.user}.")]
+        head = [(None, f"Private messages with {frame.user}:")]
+        return head + [(m.ts, f"{m.user}: {clean(m.text)}") for m in frame.messages]
     renderer = REPLY_RENDERERS.get(type(frame))
     if renderer is None:
         return [(None, _fallback(frame))]

@@ -24,11 +24,15 @@ from utuvox.chat.limits import address_key, install_upload_quota
 from utuvox.chat.service import Chat
 from utuvox.protocol import json_codec, text_codec
 from utuvox.protocol.core import Goodbye
+from utuvox.protocol.irc import render as irc_render
+from utuvox.protocol.irc.lines import MAX_LINE, MAX_TAGS
 from utuvox.store import SqliteStore, Store
 
 from . import websocket
 from .admin_socket import peer_credentials, serve_admin_socket
 from .connection import LineConnection, WebSocketConnection
+from .irc.outbox import irc_frame_binary, irc_frame_text
+from .irc.registry import IrcRegistry
 from .keepalive import WatchConfig, Watchdog, tune_socket
 from .outbox import Flusher
 from .session_loop import run_session
@@ -72,6 +76,9 @@ class Server:
         self.tune_gc = tune_gc
         self.tcp_port = 0
         self.ws_port = 0
+        self.irc_port = 0
+        self.irc = IrcRegistry(guests=settings.irc_guests, register_before_connect=settings.irc_register_before_connect)
+        irc_render.configure(settings.irc_server_name)
         self.chat: Chat | None = None
         self.files: FileService | None = None
         self.admin: admin.Administration | None = None
@@ -166,6 +173,7 @@ class Server:
                     tls = " (TLS)" if self.tls is not None else ""
                     self.announce(f"Server started on {s.host}:{self.tcp_port}{tls}")
                     self.announce(f"WebSocket server started on {'wss' if tls else 'ws'}://{s.host}:{self.ws_port}")
+                    self.announce(f"IRC server started on {s.host}:{self.irc_port}{tls}")
                     if self.admin_key.created:
                         # Shown once, when made: a key printed at every start ends up in every log of stdout.
                         self.announce(f"Admin key: {key}")
@@ -225,6 +233,10 @@ class Server:
         ws = await trio.open_tcp_listeners(s.ws_port, host=s.host)
         self.ws_port = ws[0].socket.getsockname()[1]
         listeners.start_soon(partial(trio.serve_listeners, partial(self._on_websocket, chat), ws,
+                                     handler_nursery=sessions))
+        irc = await trio.open_tcp_listeners(s.irc_port, host=s.host)
+        self.irc_port = irc[0].socket.getsockname()[1]
+        listeners.start_soon(partial(trio.serve_listeners, partial(self._on_irc, chat), irc,
                                      handler_nursery=sessions))
         await listeners.start(partial(serve_admin_socket, partial(self._on_admin, chat), s.admin_socket_path,
                                       handler_nursery=sessions))
@@ -308,8 +320,18 @@ class Server:
             channel = await self._secure(stream)
             if channel is None:
                 return
-            leftover = await self._upgrade(channel)
-            if leftover is None:
+            upgraded = await self._upgrade(channel)
+            if upgraded is None:
+                return
+            leftover, subprotocol = upgraded
+            if subprotocol is not None:  # IRC over WebSocket: one IRC line per message
+                conn = WebSocketConnection(channel, address, MAX_LINE + MAX_TAGS, initial=leftover)
+                conn.frame = irc_frame_text if subprotocol == "text.ircv3.net" else irc_frame_binary
+                if not admitted:
+                    await trio.aclose_forcefully(channel)
+                    return
+                await run_session(chat, conn, "irc", queue_limit=s.send_queue_frames, flusher=self.flusher,
+                                  watchdog=self.watchdog, irc=self.irc)
                 return
             conn = WebSocketConnection(channel, address, s.max_frame_bytes, initial=leftover)
             if not admitted:
@@ -321,9 +343,25 @@ class Server:
             await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, flusher=self.flusher,
                               watchdog=self.watchdog)
 
-    async def _upgrade(self, channel: trio.abc.Stream) -> bytes | None:
+    async def _on_irc(self, chat: Chat, stream: trio.SocketStream) -> None:
+        address = self._tune(stream)
+        with self._admit(address) as admitted:
+            channel = await self._secure(stream)
+            if channel is None:
+                return
+            if not admitted:
+                with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                    await channel.send_all(f"ERROR :{self._too_many().reason}\r\n".encode())
+                await trio.aclose_forcefully(channel)
+                return
+            conn = LineConnection(channel, "irc", address, MAX_LINE + MAX_TAGS)
+            await run_session(chat, conn, "irc", queue_limit=self.settings.send_queue_frames, flusher=self.flusher,
+                              watchdog=self.watchdog, irc=self.irc)
+
+    async def _upgrade(self, channel: trio.abc.Stream) -> tuple[bytes, str | None] | None:
         """The opening handshake within ``handshake_timeout``: the bytes the client sent behind its
-        request, or ``None`` (the connection answered if it asked for something else, and closed)."""
+        request and the subprotocol chosen, or ``None`` (the connection answered if it asked for
+        something else, and closed)."""
         reader = websocket.HandshakeReader(self.site)
         answer = None
         with trio.move_on_after(self.settings.handshake_timeout):
@@ -334,7 +372,7 @@ class Server:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 answer = None
         if answer is not None and answer.accepted:
-            return answer.leftover
+            return answer.leftover, answer.subprotocol
         with trio.move_on_after(1):
             await trio.aclose_forcefully(channel)
         return None

@@ -180,6 +180,6 @@ class Watchdog:
         ws = watch.ws
         if ws is not None:
             ws.ping(now)
-        elif watch.codec == "json":
+        elif watch.codec in ("json", "irc"):
             watch.outbox.send(Keepalive())
         # Text mode: nothing a person would see; TCP keepalive watches the connection.

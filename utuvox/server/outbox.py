@@ -30,7 +30,7 @@ from .connection import Connection
 
 log = logging.getLogger("utuvox.server")
 
-Codec = Literal["json", "text"]
+Codec = Literal["json", "text", "irc"]
 
 
 class Flusher:

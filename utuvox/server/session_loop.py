@@ -22,6 +22,9 @@ from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, tex
 from utuvox.protocol.core import Error, Notice
 
 from .connection import Connection
+from .irc.loop import irc_read_loop
+from .irc.outbox import IrcOutbox
+from .irc.registry import IrcRegistry
 from .keepalive import Watchdog
 from .outbox import Codec, Flusher, Outbox
 
@@ -33,8 +36,9 @@ WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /logi
 
 
 async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int, flusher: Flusher,
-                      operator: str | None = None, watchdog: Watchdog | None = None) -> None:
-    outbox = Outbox(conn, codec, queue_limit, flusher)
+                      operator: str | None = None, watchdog: Watchdog | None = None,
+                      irc: IrcRegistry | None = None) -> None:
+    outbox = (IrcOutbox if codec == "irc" else Outbox)(conn, codec, queue_limit, flusher)
     session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
     outbox.session = session
     conn.attach(outbox.send_framed)
@@ -53,7 +57,10 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(writer)
-            await _read_loop(chat, session, conn, codec, outbox, limiter)
+            if isinstance(outbox, IrcOutbox):
+                await irc_read_loop(chat, session, conn, outbox, limiter, irc or IrcRegistry())
+            else:
+                await _read_loop(chat, session, conn, codec, outbox, limiter)
             # The reader is done: the peer closed its side, or the session is closing (quit, ban).
             # A peer that only stopped writing (``printf ... | nc``) still gets the answers to what it
             # sent; then the writer flushes what is queued and ends the nursery.

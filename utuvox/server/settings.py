@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535, description="TCP port (text mode and JSON lines); 0: any free port")
     ws_port: int = Field(9091, ge=0, le=65535, description="WebSocket port; 0: any free port")
+    irc_port: int = Field(6667, ge=0, le=65535, description="IRC port; 0: any free port")
+    irc_guests: bool = Field(True, description="IRC connections that give only a nick (guests) are let in")
+    irc_register_before_connect: bool = Field(True, description="IRC REGISTER may come before registration ends")
+    irc_server_name: str = Field("utuvox", pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,62}$",
+                                 description="the server's name on IRC")
     data_dir: Path = Field(Path("."), description="where utuvox_db.db, uploads/, admin_key.txt and admin.sock live")
     admin_socket: Path | None = Field(None, description="the operators' Unix socket (default: DATA_DIR/admin.sock)")
     log_level: str = "INFO"

@@ -46,6 +46,7 @@ class Handshake:
     response: bytes
     accepted: bool
     leftover: bytes = b""
+    subprotocol: str | None = None  # an IRCv3 one (text.ircv3.net, binary.ircv3.net): IRC, not JSON
 
 
 def _reject(status: int, reason: str, message: str, extra: str = "") -> Handshake:
@@ -53,6 +54,9 @@ def _reject(status: int, reason: str, message: str, extra: str = "") -> Handshak
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
     return Handshake(head.encode() + body, accepted=False)
+
+
+IRC_SUBPROTOCOLS = ("text.ircv3.net", "binary.ircv3.net")
 
 
 def accept_key(key: bytes) -> str:
@@ -117,9 +121,14 @@ class HandshakeReader:
             len(origins) == 1 and site.origin_allowed(origins[0], (headers.get(b"host") or [None])[0])
         ):
             return _reject(403, "Forbidden", "This origin may not open a WebSocket here.")
+        # IRC over WebSocket (IRCv3) when the client asks for it; JSON otherwise.
+        offered = [t.strip().decode("ascii", "replace").lower()
+                   for v in headers.get(b"sec-websocket-protocol", []) for t in v.split(b",")]
+        subprotocol = next((p for p in offered if p in IRC_SUBPROTOCOLS), None)  # the client's first choice
+        chosen = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
         response = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Accept: {accept_key(keys[0].strip())}\r\n\r\n")
-        return Handshake(response.encode(), accepted=True, leftover=leftover)
+                    f"Sec-WebSocket-Accept: {accept_key(keys[0].strip())}\r\n{chosen}\r\n")
+        return Handshake(response.encode(), accepted=True, leftover=leftover, subprotocol=subprotocol)
 
 
 # --- frames ---------------------------------------------------------------------------------------

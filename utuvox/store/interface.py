@@ -36,6 +36,9 @@ class RoomRecord:
     name: str
     created_by: str | None
     created_at: str
+    topic: str | None = None
+    topic_by: str | None = None
+    topic_ts: float | None = None  # UNIX time the topic was set
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,18 @@ class StoredEvent:
     ts: float  # UNIX time
     type: str
     user: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrivate:
+    """One private message as stored, under the conversation of its two people (name keys, sorted):
+    ``id`` orders a conversation as ``seq`` orders a room."""
+
+    id: int
+    ts: float  # UNIX time
+    sender: str
+    recipient: str
     body: str
 
 
@@ -131,6 +146,32 @@ class Store(Protocol):
     async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
         """Up to ``limit`` events with ``seq > after``, oldest first: how a node catches up on a room
         that other nodes wrote to."""
+
+    async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
+                            latest: bool) -> list[StoredEvent]:
+        """Events with ``after < seq < before`` (either bound may be open), oldest first: the ``limit``
+        newest of them if ``latest``, else the ``limit`` oldest."""
+
+    async def seq_at(self, room_id: int, ts: float) -> int:
+        """The first sequence number whose event is at or after ``ts`` (one past the last if none)."""
+
+    async def set_topic(self, room_id: int, topic: str | None, by: str, ts: float) -> None: ...
+
+    # private messages
+    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str) -> int:
+        """Commit one private message; returns its id (increasing in commit order)."""
+
+    async def private_history(self, a: str, b: str, *, after: int | None, before: int | None, limit: int,
+                              latest: bool) -> list[StoredPrivate]:
+        """The conversation of ``a`` and ``b`` (either order) with ``after < id < before``, oldest first,
+        chosen as :meth:`history_range` chooses."""
+
+    async def private_id_at(self, a: str, b: str, ts: float) -> int:
+        """The first id of the conversation at or after ``ts`` (one past the last if none)."""
+
+    async def private_peers(self, name: str, *, since: float, until: float, limit: int) -> list[tuple[str, float]]:
+        """The people ``name`` exchanged private messages with between two times, with the time of the
+        latest, newest first."""
 
     # files (the bytes live in the uploads directory under ``name``; the store keeps what describes them)
     async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,

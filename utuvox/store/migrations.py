@@ -58,6 +58,27 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX admin_log_ts ON admin_log(ts)",
         "CREATE INDEX admin_log_actor ON admin_log(actor, id)",
     ],
+    2: [
+        # Room topics: set by the room's creator or an admin.
+        "ALTER TABLE rooms ADD COLUMN topic TEXT",
+        "ALTER TABLE rooms ADD COLUMN topic_by TEXT",
+        "ALTER TABLE rooms ADD COLUMN topic_ts REAL",
+        # History by time as well as by seq (IRC CHATHISTORY asks by timestamp).
+        "CREATE INDEX events_ts ON events(room_id, ts)",
+        # Private messages, kept for both people: ``pair`` is their two name keys, sorted, joined by a space.
+        """CREATE TABLE private_messages (
+            id INTEGER PRIMARY KEY,
+            pair TEXT NOT NULL,
+            ts REAL NOT NULL,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX private_pair ON private_messages(pair, id)",
+        "CREATE INDEX private_pair_ts ON private_messages(pair, ts)",
+        "CREATE INDEX private_sender_ts ON private_messages(sender, ts)",
+        "CREATE INDEX private_recipient_ts ON private_messages(recipient, ts)",
+    ],
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -120,6 +141,24 @@ PG_MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX admin_log_actor ON admin_log(actor, id)",
         # Settings of the whole cluster (the admin key).
         "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ],
+    2: [
+        "ALTER TABLE rooms ADD COLUMN topic TEXT",
+        "ALTER TABLE rooms ADD COLUMN topic_by TEXT",
+        "ALTER TABLE rooms ADD COLUMN topic_ts DOUBLE PRECISION",
+        "CREATE INDEX events_ts ON events(room_id, ts)",
+        """CREATE TABLE private_messages (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            pair TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX private_pair ON private_messages(pair, id)",
+        "CREATE INDEX private_pair_ts ON private_messages(pair, ts)",
+        "CREATE INDEX private_sender_ts ON private_messages(sender, ts)",
+        "CREATE INDEX private_recipient_ts ON private_messages(recipient, ts)",
     ],
 }
 

@@ -30,12 +30,23 @@ from .interface import (
     FileRecord,
     RoomRecord,
     StoredEvent,
+    StoredPrivate,
     StoreError,
     UserRecord,
     numbered,
 )
 from .migrations import PG_MIGRATIONS, PG_SCHEMA_VERSION
-from .rows import FILE_SELECT, SchemaTooNew, file_record, now, room_record, user_record
+from .rows import (
+    FILE_SELECT,
+    SchemaTooNew,
+    file_record,
+    now,
+    page_bounds,
+    pair,
+    private_record,
+    room_record,
+    user_record,
+)
 
 log = logging.getLogger("utuvox.store")
 
@@ -458,6 +469,81 @@ class PostgresStore(GroupCommit[Conn]):
             rows = conn.execute("SELECT * FROM events WHERE room_id = %s AND seq > %s ORDER BY seq LIMIT %s",
                                 (room_id, after, limit)).fetchall()
             return [_event(r) for r in rows]
+
+        return await self.read(op)
+
+    async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
+                            latest: bool) -> list[StoredEvent]:
+        clause, params, order = page_bounds("seq", after, before, latest, "%s")
+
+        def op(conn: Conn) -> list[StoredEvent]:
+            rows = conn.execute(f"SELECT * FROM events WHERE room_id = %s{clause} ORDER BY {order} LIMIT %s",
+                                (room_id, *params, limit)).fetchall()
+            events = [_event(r) for r in rows]
+            return events[::-1] if latest else events
+
+        return await self.read(op)
+
+    async def seq_at(self, room_id: int, ts: float) -> int:
+        def op(conn: Conn) -> int:
+            row = conn.execute("SELECT MIN(seq) AS s FROM events WHERE room_id = %s AND ts >= %s",
+                               (room_id, ts)).fetchone()
+            if row is not None and row["s"] is not None:
+                return int(row["s"])
+            last = conn.execute("SELECT last_seq FROM rooms WHERE id = %s", (room_id,)).fetchone()
+            return (last["last_seq"] if last else 0) + 1
+
+        return await self.read(op)
+
+    async def set_topic(self, room_id: int, topic: str | None, by: str, ts: float) -> None:
+        await self.write(lambda c: c.execute("UPDATE rooms SET topic = %s, topic_by = %s, topic_ts = %s WHERE id = %s",
+                                             (topic, by, ts, room_id)))
+
+    # --- private messages -----------------------------------------------------------------------
+
+    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str) -> int:
+        def op(conn: Conn) -> int:
+            row = conn.execute(
+                "INSERT INTO private_messages(pair, ts, sender, recipient, body) VALUES (%s, %s, %s, %s, %s)"
+                " RETURNING id", (pair(sender, recipient), ts, sender.lower(), recipient.lower(), body)).fetchone()
+            assert row is not None
+            return int(row["id"])
+
+        return await self.write(op)
+
+    async def private_history(self, a: str, b: str, *, after: int | None, before: int | None, limit: int,
+                              latest: bool) -> list[StoredPrivate]:
+        clause, params, order = page_bounds("id", after, before, latest, "%s")
+
+        def op(conn: Conn) -> list[StoredPrivate]:
+            rows = conn.execute(f"SELECT * FROM private_messages WHERE pair = %s{clause} ORDER BY {order} LIMIT %s",
+                                (pair(a, b), *params, limit)).fetchall()
+            found = [private_record(r) for r in rows]
+            return found[::-1] if latest else found
+
+        return await self.read(op)
+
+    async def private_id_at(self, a: str, b: str, ts: float) -> int:
+        def op(conn: Conn) -> int:
+            key = pair(a, b)
+            row = conn.execute("SELECT MIN(id) AS i FROM private_messages WHERE pair = %s AND ts >= %s",
+                               (key, ts)).fetchone()
+            if row is not None and row["i"] is not None:
+                return int(row["i"])
+            last = conn.execute("SELECT MAX(id) AS i FROM private_messages WHERE pair = %s", (key,)).fetchone()
+            return (last["i"] if last and last["i"] is not None else 0) + 1
+
+        return await self.read(op)
+
+    async def private_peers(self, name: str, *, since: float, until: float, limit: int) -> list[tuple[str, float]]:
+        key = name.lower()
+
+        def op(conn: Conn) -> list[tuple[str, float]]:
+            rows = conn.execute(
+                "SELECT CASE WHEN sender = %s THEN recipient ELSE sender END AS peer, MAX(ts) AS last"
+                " FROM private_messages WHERE (sender = %s OR recipient = %s) AND ts > %s AND ts < %s"
+                " GROUP BY peer ORDER BY last DESC LIMIT %s", (key, key, key, since, until, limit)).fetchall()
+            return [(r["peer"], r["last"]) for r in rows]
 
         return await self.read(op)
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .interface import FileRecord, RoomRecord, StoreError, UserRecord
+from .interface import FileRecord, RoomRecord, StoredPrivate, StoreError, UserRecord
 
 Row = Mapping[str, Any]
 
@@ -25,7 +25,31 @@ def user_record(row: Row) -> UserRecord:
 
 
 def room_record(row: Row) -> RoomRecord:
-    return RoomRecord(row["id"], row["name"], row["created_by"], row["created_at"])
+    return RoomRecord(row["id"], row["name"], row["created_by"], row["created_at"], row["topic"],
+                      row["topic_by"], row["topic_ts"])
+
+
+def private_record(row: Row) -> StoredPrivate:
+    return StoredPrivate(row["id"], row["ts"], row["sender"], row["recipient"], row["body"])
+
+
+def page_bounds(column: str, after: int | None, before: int | None, latest: bool,
+                mark: str) -> tuple[str, list[Any], str]:
+    """The extra WHERE conditions, their parameters and the ORDER BY of a page between two open bounds
+    (``mark`` is the engine's placeholder)."""
+    where, params = [], []
+    if after is not None:
+        where.append(f" AND {column} > {mark}")
+        params.append(after)
+    if before is not None:
+        where.append(f" AND {column} < {mark}")
+        params.append(before)
+    return "".join(where), params, f"{column} DESC" if latest else column
+
+
+def pair(a: str, b: str) -> str:
+    """The key of the private conversation of two people, whichever way round."""
+    return " ".join(sorted((a.lower(), b.lower())))
 
 
 FILE_SELECT = "SELECT files.*, rooms.name AS room_name FROM files JOIN rooms ON rooms.id = files.room_id"

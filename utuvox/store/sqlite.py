@@ -26,13 +26,14 @@ from .interface import (
     FileRecord,
     RoomRecord,
     StoredEvent,
+    StoredPrivate,
     StoreError,
     UserRecord,
     numbered,
 )
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .rows import FILE_SELECT as _FILE_SELECT
-from .rows import SchemaTooNew
+from .rows import SchemaTooNew, page_bounds, pair, private_record
 from .rows import file_record as _file
 from .rows import now as _now
 from .rows import room_record as _room
@@ -47,6 +48,14 @@ def _event_row(event: StoredEvent) -> tuple[Any, ...]:
     return (event.room_id, event.seq, event.ts, event.type, event.user, event.body)
 
 T = TypeVar("T")
+
+
+def _stored(r: sqlite3.Row) -> StoredEvent:
+    return StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"])
+
+
+def _range(column: str, after: int | None, before: int | None, latest: bool) -> tuple[str, list[Any], str]:
+    return page_bounds(column, after, before, latest, "?")
 
 
 class SqliteStore(GroupCommit[sqlite3.Connection]):
@@ -349,8 +358,82 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
                     "SELECT * FROM events WHERE room_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
                     (room_id, before, limit),
                 ).fetchall()
-            return [StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"])
-                    for r in reversed(rows)]
+            return [_stored(r) for r in reversed(rows)]
+
+        return await self.read(op)
+
+    async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
+                            latest: bool) -> list[StoredEvent]:
+        clause, params, order = _range("seq", after, before, latest)
+
+        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(f"SELECT * FROM events WHERE room_id = ?{clause} ORDER BY {order} LIMIT ?",
+                                (room_id, *params, limit)).fetchall()
+            events = [_stored(r) for r in rows]
+            return events[::-1] if latest else events
+
+        return await self.read(op)
+
+    async def seq_at(self, room_id: int, ts: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT MIN(seq) FROM events WHERE room_id = ? AND ts >= ?", (room_id, ts)).fetchone()
+            if row[0] is not None:
+                return int(row[0])
+            last = conn.execute("SELECT MAX(seq) FROM events WHERE room_id = ?", (room_id,)).fetchone()[0]
+            return (last or 0) + 1
+
+        return await self.read(op)
+
+    async def set_topic(self, room_id: int, topic: str | None, by: str, ts: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE rooms SET topic = ?, topic_by = ?, topic_ts = ? WHERE id = ?",
+                         (topic, by, ts, room_id))
+
+        await self.write(op)
+
+    # --- private messages -----------------------------------------------------------------------
+
+    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO private_messages(pair, ts, sender, recipient, body) VALUES (?, ?, ?, ?, ?)",
+                (pair(sender, recipient), ts, sender.lower(), recipient.lower(), body))
+            return int(cursor.lastrowid or 0)
+
+        return await self.write(op)
+
+    async def private_history(self, a: str, b: str, *, after: int | None, before: int | None, limit: int,
+                              latest: bool) -> list[StoredPrivate]:
+        clause, params, order = _range("id", after, before, latest)
+
+        def op(conn: sqlite3.Connection) -> list[StoredPrivate]:
+            rows = conn.execute(f"SELECT * FROM private_messages WHERE pair = ?{clause} ORDER BY {order} LIMIT ?",
+                                (pair(a, b), *params, limit)).fetchall()
+            found = [private_record(r) for r in rows]
+            return found[::-1] if latest else found
+
+        return await self.read(op)
+
+    async def private_id_at(self, a: str, b: str, ts: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            key = pair(a, b)
+            row = conn.execute("SELECT MIN(id) FROM private_messages WHERE pair = ? AND ts >= ?", (key, ts)).fetchone()
+            if row[0] is not None:
+                return int(row[0])
+            last = conn.execute("SELECT MAX(id) FROM private_messages WHERE pair = ?", (key,)).fetchone()[0]
+            return (last or 0) + 1
+
+        return await self.read(op)
+
+    async def private_peers(self, name: str, *, since: float, until: float, limit: int) -> list[tuple[str, float]]:
+        key = name.lower()
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+            rows = conn.execute(
+                "SELECT CASE WHEN sender = ? THEN recipient ELSE sender END AS peer, MAX(ts) AS last"
+                " FROM private_messages WHERE (sender = ? OR recipient = ?) AND ts > ? AND ts < ?"
+                " GROUP BY peer ORDER BY last DESC LIMIT ?", (key, key, key, since, until, limit)).fetchall()
+            return [(r["peer"], r["last"]) for r in rows]
 
         return await self.read(op)
 

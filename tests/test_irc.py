@@ -1,0 +1,395 @@
+"""IRC with real peers: WeeChat (headless, driven through its FIFO, read through its logs) and a bot
+built on the ``irc`` library, in one room with a JSON SDK user and a text-mode user.
+
+Plus the IRC codec's own checks: bad input, line limits, guests turned off, the JSON side of topics
+and private history.
+"""
+
+from __future__ import annotations
+
+import base64
+import queue
+import shutil
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import irc.bot
+import irc.client
+import pytest
+import trio
+import trio_websocket
+
+from utuvox.client import connect
+from utuvox.protocol import core as p
+from utuvox.protocol.irc.lines import format_line, parse
+
+from .clients import JsonLines, TextLines
+from .conftest import running_server
+
+TIMEOUT = 10
+
+
+class RawIrc:
+    """A bare IRC connection (as ``nc`` would be), for what the frameworks hide."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    @classmethod
+    async def connect(cls, port: int) -> RawIrc:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def send(self, *lines: str) -> None:
+        await self.stream.send_all("".join(line + "\r\n" for line in lines).encode())
+
+    async def line(self, timeout: float = TIMEOUT) -> str:
+        with trio.fail_after(timeout):
+            while b"\n" not in self.buf:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise EOFError("connection closed")
+                self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode().rstrip("\r")
+
+    async def expect(self, pred: Callable[[str], bool] | str, timeout: float = TIMEOUT) -> str:
+        check = (lambda text: pred in text) if isinstance(pred, str) else pred
+        with trio.fail_after(timeout):
+            while True:
+                text = await self.line()
+                if check(text):
+                    return text
+
+    async def register(self, nick: str, *pre: str) -> str:
+        """Register; the line that ended it (001, an ERROR, a 433 or 465)."""
+        await self.send(*pre, f"NICK {nick}", f"USER {nick} 0 * :{nick} here")
+        return await self.expect(lambda t: any(f" {n} " in t for n in ("001", "433", "465")) or t.startswith("ERROR"))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+class Bot(irc.bot.SingleServerIRCBot):  # type: ignore[misc]
+    """A bot on the ``irc`` framework: answers ``!ping`` in the room and ``hello`` in private."""
+
+    def __init__(self, port: int, account: str, password: str) -> None:
+        super().__init__([irc.bot.ServerSpec("127.0.0.1", port, f"{account}:{password}")], account, "a bot",
+                         recon=irc.bot.ExponentialBackoff(min_interval=600, max_interval=600))
+        self.raw: queue.Queue[str] = queue.Queue()
+
+    def on_welcome(self, conn: Any, event: Any) -> None:
+        conn.join("#general")
+
+    def on_pubmsg(self, conn: Any, event: Any) -> None:
+        if event.arguments[0] == "!ping":
+            conn.privmsg(event.target, f"pong, {event.source.nick}")
+
+    def on_privmsg(self, conn: Any, event: Any) -> None:
+        conn.privmsg(event.source.nick, f"hello {event.source.nick}, you said: {event.arguments[0]}")
+
+    def on_all_raw_messages(self, conn: Any, event: Any) -> None:
+        self.raw.put(event.arguments[0])
+
+    def on_disconnect(self, conn: Any, event: Any) -> None:
+        self.raw.put("*disconnected*")
+
+
+async def wait_raw(bot: Bot, pred: Callable[[str], bool], timeout: float = TIMEOUT) -> str:
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                line = bot.raw.get_nowait()
+            except queue.Empty:
+                await trio.sleep(0.02)
+                continue
+            if pred(line):
+                return line
+
+
+@asynccontextmanager
+async def running_bot(port: int, account: str, password: str) -> AsyncIterator[Bot]:
+    bot = Bot(port, account, password)
+    bot._connect()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            bot.reactor.process_once(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield bot
+    finally:
+        stop.set()
+        thread.join(2)
+        bot.connection.disconnect()
+
+
+class WeeChat:
+    """weechat-headless with a FIFO for commands and logger files for what it saw."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.fifo = home / "fifo"
+        self.logs = home / "logs"
+
+    def command(self, buffer: str, text: str) -> None:
+        with open(self.fifo, "w") as fifo:
+            fifo.write(f"{buffer} *{text}\n")
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.weechatlog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def wait_log(self, name: str, fragment: str, timeout: float = 15) -> None:
+        with trio.fail_after(timeout):
+            while fragment not in self.log(name):
+                await trio.sleep(0.1)
+
+
+@asynccontextmanager
+async def running_weechat(home: Path, port: int, account: str, password: str) -> AsyncIterator[WeeChat]:
+    home.mkdir()
+    commands = ";".join([
+        f"/set fifo.file.path {home}/fifo",
+        "/set fifo.file.enabled on",
+        f"/set logger.file.path {home}/logs",
+        "/set logger.file.flush_delay 0",
+        "/set logger.file.mask $plugin.$name.weechatlog",
+        f"/server add utuvox 127.0.0.1/{port}",
+        "/set irc.server.utuvox.tls off",
+        "/set irc.server.utuvox.sasl_mechanism plain",
+        f"/set irc.server.utuvox.sasl_username {account}",
+        f"/set irc.server.utuvox.sasl_password {password}",
+        f"/set irc.server.utuvox.nicks {account}",
+        "/set irc.server.utuvox.autojoin #general",
+        "/connect utuvox",
+    ])
+    proc = await trio.lowlevel.open_process(
+        ["weechat-headless", "--dir", str(home), "--run-command", commands],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        weechat = WeeChat(home)
+        with trio.fail_after(15):
+            while not weechat.fifo.exists():
+                await trio.sleep(0.05)
+        yield weechat
+    finally:
+        proc.terminate()
+        with trio.move_on_after(5):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("weechat-headless") is None,
+                    reason="weechat-headless is not installed (.ci/run installs it)")
+async def test_weechat_a_bot_json_and_text_users_share_a_room(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "data") as server:
+        irc_port, tcp = server.irc_port, server.tcp_port
+        admin = await JsonLines.connect(tcp)
+        assert (await admin.request("register", username="root", password="pw",
+                                    admin_key=server.admin_key.load_or_create()))["type"] == "logged_in"
+        for name in ("wendy", "ircbot", "tina"):
+            account = await JsonLines.connect(tcp)
+            assert (await account.request("register", username=name, password="pw-" + name))["type"] == "logged_in"
+            await account.aclose()
+
+        async with connect(f"tcp://127.0.0.1:{tcp}") as jason:
+            await jason.register("jason", "pw-jason")
+            await jason.create("general")
+            await jason.request(p.Topic(room="general", text="all protocols welcome"))
+            tina = await TextLines.connect(tcp)
+            await tina.send("/login tina pw-tina")
+            await tina.expect("Login successful")
+            await tina.send("/join general")
+            await tina.expect("You joined room 'general'")
+
+            async with running_weechat(tmp_path / "weechat", irc_port, "wendy", "pw-wendy") as wee, \
+                    running_bot(irc_port, "ircbot", "pw-ircbot") as bot:
+                await wee.wait_log("irc.utuvox.#general", "all protocols welcome")  # 332 on join
+                await wait_raw(bot, lambda t: " 366 " in t)
+                # talk both ways: SDK -> IRC, IRC -> SDK and text mode
+                await jason.message("hello from json", room="general")
+                await wee.wait_log("irc.utuvox.#general", "hello from json")
+                await wait_raw(bot, lambda t: "PRIVMSG #general :hello from json" in t)
+                wee.command("irc.utuvox.#general", "hello from weechat")
+                await tina.expect("wendy: hello from weechat")
+                await _event(jason, lambda e: getattr(e, "text", None) == "hello from weechat")
+                await tina.send("!ping")
+                await tina.expect("ircbot: pong, tina")
+                await wee.wait_log("irc.utuvox.#general", "pong, tina")
+                # private messages both ways: SDK <-> bot, WeeChat <-> SDK
+                await jason.msg("ircbot", "are you there?")
+                reply = await _event(jason, lambda e: getattr(e, "type", "") == "msg")
+                assert reply.user == "ircbot" and "you said: are you there?" in reply.text
+                wee.command("irc.server.utuvox", "/msg jason psst, json")
+                whisper = await _event(jason, lambda e: getattr(e, "type", "") == "msg")
+                assert (whisper.user, whisper.text) == ("wendy", "psst, json")
+                await jason.msg("wendy", "psst back")
+                await wee.wait_log("irc.utuvox.jason", "psst back")
+                # stored for both people: the JSON private history holds the conversation
+                page = await (await _json_login(tcp, "wendy")).request("private_history", user="jason")
+                assert [m["text"] for m in page["messages"]] == ["psst, json", "psst back"]
+
+            # CHATHISTORY after a reconnect, in a batch a bot can skip
+            raw = await RawIrc.connect(irc_port)
+            await raw.send("CAP LS 302", "CAP REQ :batch server-time message-tags draft/chathistory", "CAP END",
+                           "PASS wendy:pw-wendy")
+            await raw.register("wendy")
+            await raw.send("JOIN #general", "CHATHISTORY LATEST #general * 10")
+            start = await raw.expect("BATCH +")
+            assert start.endswith("chathistory #general")
+            lines = []
+            while not (line := await raw.line()).startswith(":") or " BATCH -" not in line:
+                lines.append(line)
+            texts = [parse(x).params[-1] for x in lines]
+            assert texts[:3] == ["hello from json", "hello from weechat", "!ping"], texts
+            assert all("msgid=general:" in x and "time=" in x for x in lines)
+
+            # a ban ends the IRC session
+            async with running_bot(irc_port, "ircbot", "pw-ircbot") as bot:
+                await wait_raw(bot, lambda t: " 366 " in t)
+                assert (await admin.request("ban_user", username="ircbot", reason="spam"))["type"] == "ok"
+                assert "banned" in await wait_raw(bot, lambda t: t.startswith("ERROR"))
+                await wait_raw(bot, lambda t: t == "*disconnected*")
+            again = await RawIrc.connect(irc_port)
+            await again.send("PASS ircbot:pw-ircbot")
+            assert " 465 " in await again.register("ircbot")
+
+
+async def _json_login(port: int, name: str) -> JsonLines:
+    client = await JsonLines.connect(port)
+    assert (await client.request("login", username=name, password="pw-" + name))["type"] == "logged_in"
+    return client
+
+
+async def _event(client: Any, pred: Callable[[Any], bool]) -> Any:
+    with trio.fail_after(TIMEOUT):
+        while True:
+            event = await client.next_event()
+            if pred(event):
+                return event
+
+
+async def test_guests_nicks_accounts_and_bad_input(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        port = server.irc_port
+        json = await JsonLines.connect(server.tcp_port)
+        await json.request("register", username="val", password="pw")
+        guest = await RawIrc.connect(port)
+        await guest.register("visitor")
+        # an account's name is its own: a guest cannot take it
+        await guest.send("NICK val")
+        await guest.expect(" 433 visitor val ")
+        # a logged-in account may keep another nick; 330 names the account
+        owner = await RawIrc.connect(port)
+        await owner.send("CAP LS 302", "CAP REQ :sasl", "AUTHENTICATE PLAIN")
+        await owner.expect("AUTHENTICATE +")
+        await owner.send("AUTHENTICATE " + base64.b64encode(b"val\0val\0pw").decode())
+        await owner.expect(" 903 ")
+        await owner.send("CAP END")
+        await owner.register("nick2")
+        await guest.send("WHOIS nick2")
+        assert (await guest.expect(" 330 ")).split()[3:5] == ["nick2", "val"]
+        # rooms: created on JOIN; the JSON side sees the guest marked, the nick beside the account
+        await json.request("create", room="lobby")
+        await owner.send("JOIN #lobby", "PRIVMSG #lobby :from nick2")
+        event = await json.recv_until(lambda f: f.get("type") == "message")
+        assert (event["user"], event["nick"]) == ("val", "nick2")
+        await guest.send("JOIN #lobby", "PRIVMSG #lobby :from a guest")
+        event = await json.recv_until(lambda f: f.get("type") == "message")
+        assert (event["user"], event.get("guest")) == ("visitor", True)
+        await guest.send("JOIN #bad!name", "FROBNICATE", "PRIVMSG #lobby :" + "x" * 600)
+        await guest.expect(" 479 ")
+        await guest.expect(" 421 visitor FROBNICATE ")
+        await guest.expect(" 417 ")
+        # invalid UTF-8 is refused, CRLF and bare LF both end a line, and the connection goes on
+        await guest.stream.send_all(b"PRIVMSG #lobby :\xff\xfe\r\nPING :lf-only\n")
+        await guest.expect("INVALID_UTF8")
+        await guest.expect("PONG")
+        await guest.send("QUIT :bye")
+        assert (await guest.expect("ERROR")).startswith("ERROR")
+        await owner.expect(lambda t: " QUIT " in t and t.startswith(":visitor!"))
+
+
+async def test_guests_refused_when_turned_off(tmp_path: Path) -> None:
+    async with running_server(tmp_path, irc_guests=False) as server:
+        raw = await RawIrc.connect(server.irc_port)
+        assert "requires an account" in await raw.register("visitor")
+
+
+async def test_topics_and_private_history_over_json_and_text(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        alice = await JsonLines.connect(server.tcp_port)
+        await alice.request("register", username="alice", password="pw")
+        await alice.request("create", room="den")
+        bob = await JsonLines.connect(server.tcp_port)
+        await bob.request("register", username="bob", password="pw")
+        await bob.request("join", room="den")
+        refused = await bob.request("topic", room="den", text="mine now")
+        assert refused["code"] == "forbidden"
+        assert (await alice.request("topic", room="den", text="cozy"))["type"] == "ok"
+        event = await bob.recv_until(lambda f: f.get("type") == "topic")
+        assert (event["topic"], event["user"]) == ("cozy", "alice")
+        assert (await bob.request("join", room="den"))["topic"] == "cozy"
+        for text in ("one", "two", "three"):
+            await alice.request("msg", to="bob", text=text)
+        page = await bob.request("private_history", user="alice", limit=2)
+        assert [m["text"] for m in page["messages"]] == ["two", "three"] and page["more"]
+        older = await bob.request("private_history", user="alice", before=page["messages"][0]["seq"])
+        assert [m["text"] for m in older["messages"]] == ["one"]
+        text = await TextLines.connect(server.tcp_port)
+        await text.send("/login bob pw")
+        await text.expect("Login successful")
+        await text.send("/history @alice")
+        await text.expect("Private messages with alice")
+        await text.expect("alice: one")
+        # history by time
+        first = (await alice.request("history", room="den"))["events"][0]
+        later = await alice.request("history", room="den", after_ts=first["ts"])
+        assert all(e["seq"] > first["seq"] for e in later["events"]) and later["events"]
+
+
+def test_line_format_round_trip() -> None:
+    line = format_line("PRIVMSG", "#a", "hi there; \\ ok", source="n!u@h", tags={"+x": "a b;c\\"})
+    parsed = parse(line.rstrip("\r\n"))
+    assert (parsed.command, parsed.params, parsed.tags, parsed.source) == (
+        "PRIVMSG", ["#a", "hi there; \\ ok"], {"+x": "a b;c\\"}, "n!u@h")
+
+
+async def test_irc_over_websocket(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        url = f"ws://127.0.0.1:{server.ws_port}"
+        async with trio_websocket.open_websocket_url(url, subprotocols=["text.ircv3.net"]) as ws:
+            assert ws.subprotocol == "text.ircv3.net"
+            for line in ("NICK webby", "USER webby 0 * :Web", "JOIN #web", "PING :done"):
+                await ws.send_message(line)
+            seen = []
+            with trio.fail_after(TIMEOUT):
+                while not seen or "PONG" not in seen[-1]:
+                    seen.append(await ws.get_message())
+            assert any(" 001 webby " in m for m in seen) and any(m.startswith(":webby!") and " JOIN #web" in m
+                                                                 for m in seen)
+            assert not any("\r" in m or "\n" in m for m in seen)  # a message per line, no CR LF
+        async with trio_websocket.open_websocket_url(url) as ws:  # no subprotocol: JSON as before
+            await ws.send_message('{"type": "ping", "id": 1}')
+            assert '"pong"' in await ws.get_message()
+
+
+async def test_floods_are_limited_and_silent_connections_closed(tmp_path: Path) -> None:
+    async with running_server(tmp_path, session_requests_per_second=5, session_requests_burst=5,
+                              login_timeout=0.5) as server:
+        flooder = await RawIrc.connect(server.irc_port)
+        await flooder.register("flooder")
+        await flooder.send(*[f"PING :n{i}" for i in range(30)])
+        assert "RATE_LIMITED" in await flooder.expect("FAIL")
+        mute = await RawIrc.connect(server.irc_port)
+        await mute.send("NICK mute")  # and never USER: registration never ends
+        assert "Not logged in" in await mute.expect("ERROR")
