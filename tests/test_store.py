@@ -14,6 +14,7 @@ import trio
 
 from utuvox.store import Conflict, SchemaTooNew, SqliteStore, StoredEvent
 from utuvox.store.interface import SEQ_PLACEHOLDER
+from utuvox.store.migrations import PG_SCHEMA_VERSION
 from utuvox.store.postgres import PostgresStore
 
 from .databases import fresh_database
@@ -158,7 +159,7 @@ async def test_nodes_starting_together_migrate_once() -> None:
             for _ in range(3):
                 nursery.start_soon(open_one)
         versions = await stores[0].read(lambda c: c.execute("SELECT version FROM schema_version").fetchall())
-        assert [v["version"] for v in versions] == [1]
+        assert [v["version"] for v in versions] == list(range(1, PG_SCHEMA_VERSION + 1))
         for opened in stores:
             await opened.close()
 
@@ -187,3 +188,31 @@ async def test_a_batch_of_events_alone_is_numbered_per_room_and_a_missing_room_f
     assert [(r.seq, r.body) for r in await store.history(one.id, before=None, limit=10)] == [
         (s, f'{{"type":"message","seq":{s},"text":"e{k}"}}') for s, k in ((1, 1), (2, 3), (3, 6))]
     assert await store.last_seq(one.id) == 3 and await store.last_seq(two.id) == 2
+
+
+async def test_topics_ranges_by_seq_and_time_and_private_conversations(store: Any) -> None:
+    room = await store.create_room("den", "alice")
+    done = trio.Event()
+    outcomes: dict[int, tuple[int, BaseException | None]] = {}
+    recorder = collect(outcomes, 5, done)
+    for i in range(5):
+        store.submit_event(StoredEvent(room.id, 0, 1000.0 + i, "message", "alice", f'{{"n":{i}}}'), recorder(i))
+    with trio.fail_after(10):
+        await done.wait()
+    seqs = [s.seq for s in await store.history_range(room.id, after=1, before=5, limit=10, latest=False)]
+    assert seqs == [2, 3, 4]
+    assert [s.seq for s in await store.history_range(room.id, after=None, before=None, limit=2, latest=True)] == [4, 5]
+    assert [s.seq for s in await store.history_range(room.id, after=1, before=None, limit=2, latest=False)] == [2, 3]
+    assert await store.seq_at(room.id, 1002.0) == 3 and await store.seq_at(room.id, 2000.0) == 6
+    await store.set_topic(room.id, "cozy", "alice", 1234.5)
+    again = await store.get_room("den")
+    assert (again.topic, again.topic_by, again.topic_ts) == ("cozy", "alice", 1234.5)
+    ids = [await store.add_private(ts=10.0 + i, sender="Alice" if i % 2 else "bob",
+                                   recipient="bob" if i % 2 else "Alice", body=f"m{i}") for i in range(4)]
+    await store.add_private(ts=11.0, sender="carol", recipient="bob", body="other talk")
+    page = await store.private_history("bob", "alice", after=None, before=None, limit=3, latest=True)
+    assert [m.body for m in page] == ["m1", "m2", "m3"]
+    older = await store.private_history("alice", "bob", after=None, before=page[0].id, limit=10, latest=True)
+    assert [m.body for m in older] == ["m0"]
+    assert await store.private_id_at("alice", "bob", 12.0) == ids[2]
+    assert [p for p, _ in await store.private_peers("bob", since=0, until=100, limit=10)] == ["alice", "carol"]
