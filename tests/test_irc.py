@@ -306,6 +306,15 @@ async def test_guests_nicks_accounts_and_bad_input(tmp_path: Path) -> None:
         await guest.send("JOIN #lobby", "PRIVMSG #lobby :from a guest")
         event = await json.recv_until(lambda f: f.get("type") == "message")
         assert (event["user"], event.get("guest")) == ("visitor", True)
+        # a long message from another transport reaches IRC in several lines of at most 512 bytes
+        long_text = "é" * 700 + "!"
+        assert (await json.request("message", room="lobby", text=long_text))["type"] == "ok"
+        parts = []
+        while "".join(parts) != long_text:
+            line = await owner.expect(lambda t: t.startswith(":val!") and " PRIVMSG #lobby " in t)
+            assert len(line.encode()) + 2 <= 512
+            parts.append(parse(line).params[1])
+        assert len(parts) > 2
         await guest.send("JOIN #bad!name", "FROBNICATE", "PRIVMSG #lobby :" + "x" * 600)
         await guest.expect(" 479 ")
         await guest.expect(" 421 visitor FROBNICATE ")

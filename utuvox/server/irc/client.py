@@ -28,7 +28,7 @@ from utuvox.protocol import core as p
 from utuvox.protocol.errors import Code
 from utuvox.protocol.irc import numerics as n
 from utuvox.protocol.irc import render
-from utuvox.protocol.irc.lines import Line, clean, escape_tag, format_line
+from utuvox.protocol.irc.lines import MAX_LINE, Line, clean, escape_tag, format_line
 from utuvox.protocol.names import is_valid_name
 
 from .caps import CAPS, FLAG_OF, cap_ls_lines
@@ -817,6 +817,10 @@ class IrcClient:
             return
         text = line.params[1]
         for target in line.params[0].split(",")[:MAX_TARGETS]:
+            # What cannot be relayed in one line, with this sender's prefix, is refused rather than cut.
+            if len(f":{self.source} {line.command} {target} :{text}".encode()) + 2 > MAX_LINE:
+                self.num(n.ERR_INPUTTOOLONG, "Message too long to relay in one line")
+                continue
             if target.startswith("#"):
                 await self.to_room(target, text, notice, line)
             else:
