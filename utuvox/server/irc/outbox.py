@@ -46,7 +46,17 @@ class IrcOutbox(Outbox):
                 return
             if cls is p.TopicEvent:
                 return  # the IRC state answers its own TOPIC
-        super().deliver(wire)
+        # Outbox.deliver, unrolled: once per member per event.
+        if self.closing:
+            return
+        queue = self._queue
+        if len(queue) >= self.limit:
+            self._overflow()
+            return
+        queue.append(wire)
+        if not self._marked and not self._writing:
+            self._marked = True
+            self.flusher.mark(self)
 
     def acknowledge(self, request: Request, room: str, seq: int) -> None:
         label = self.labels.pop(id(request), None) if self.labels else None
@@ -87,12 +97,16 @@ class IrcOutbox(Outbox):
         flags = self.flags
         out: list[bytes] = []
         ready: set[int] = set()  # positions in out of frames ready to send as they are
+        message = p.MessageEvent
         for item in queue:
-            if item.__class__ is bytes:
-                out.append(item)  # type: ignore[arg-type]
-            elif item.__class__ is Wire:
+            cls = item.__class__
+            if cls is Wire:
                 event = item.event  # type: ignore[union-attr]
-                if event.__class__ in (p.PrivateMessage, p.RoomDeleted, p.Notice):
+                if event.__class__ is message:  # the common case: a room message, rendered once per flags
+                    cache = item._irc  # type: ignore[union-attr]
+                    data = cache.get(flags) if cache is not None else None
+                    out.append(data if data is not None else item.irc(flags))  # type: ignore[union-attr]
+                elif event.__class__ in (p.PrivateMessage, p.RoomDeleted, p.Notice):
                     if event.__class__ is p.RoomDeleted:
                         out.append(format_line("PART", render.channel(event.room), "Room deleted",  # type: ignore
                                                source=self._source()).encode())
@@ -112,6 +126,8 @@ class IrcOutbox(Outbox):
                     if event.__class__ is p.JoinEvent and self._quits:
                         self._quits.pop(event.nick or event.user, None)  # type: ignore[union-attr]
                     out.append(item.irc(flags))  # type: ignore[union-attr]
+            elif cls is bytes:
+                out.append(item)  # type: ignore[arg-type]
             else:  # a WebSocket control frame (pong, close), framed already
                 ready.add(len(out))
                 out.append(item.framed(None))  # type: ignore[union-attr]
