@@ -32,6 +32,7 @@ class Room:
     # Events committed here beyond a gap, by seq, with whom to tell once they are published.
     waiting: dict[int, tuple[Wire, Delivered]] = field(default_factory=dict)
     known: int = 0  # the highest sequence number known to be committed (by any node)
+    created_by: str | None = None  # the key of the user who created it (rooms per user are capped)
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.recent_max)

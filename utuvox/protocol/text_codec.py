@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from . import admin, core, files
 from .base import Event, Frame, Request
 from .errors import Code, ProtocolError
+from .safe_text import clean
 from .schema import REQUESTS_BY_TYPE
 
 
@@ -63,9 +64,10 @@ for _name, _params, _usage, _desc in [
     ("msg", ("to", "text*"), "<user> <text>", "Send a private message to a user."),
     ("history", ("room?", "limit?"), "[room] [n]",
      "Show the last n events of the current room or the one named (older with JSON 'before')."),
-    ("list_all_users", (), "", "List all online users."),
+    ("list_all_users", ("after?",), "[after]", "List all online users (a page at a time: after the name given)."),
     ("list_users_in_room", ("room?",), "[room]", "List users currently in the joined room."),
-    ("list_all_rooms", (), "", "List all available chat rooms."),
+    ("list_all_rooms", ("after?",), "[after]", "List all available chat rooms (a page at a time: after the name "
+     "given)."),
     ("whoami", (), "", "Check the currently logged-in username."),
     ("whereami", (), "", "Check the current room or status (outside)."),
     ("ping", (), "", "Check that the server answers."),
@@ -158,13 +160,8 @@ def _bind(command: Command, rest: str) -> dict[str, Any]:
 
 # --- rendering ----------------------------------------------------------------------------------
 
-# Control characters (C0, DEL, C1) never reach a terminal raw: an ANSI escape in a message could
-# otherwise rewrite a reader's screen. They become U+FFFD.
-_CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
-
-
-def clean(text: str) -> str:
-    return text.translate(_CONTROL)
+# Control characters, bidirectional overrides and line separators never reach a terminal raw: an ANSI
+# escape in a message could otherwise rewrite a reader's screen. See safe_text.
 
 
 def stamp(ts: datetime) -> str:
@@ -205,6 +202,11 @@ def _fallback(frame: Frame) -> str:
     fields = frame.model_dump(mode="json", exclude_none=True, exclude={"type", "re", "ts"})
     detail = ", ".join(f"{k}={v}" for k, v in fields.items())
     return clean(f"{frame.type}: {detail}" if detail else frame.type)
+
+
+def _more(command: str, after: str | None) -> str:
+    """The end of a listing's line when more pages follow."""
+    return f" (more: /{command} {after})" if after else ""
 
 
 def _users(users: list[core.UserInfo]) -> str:
@@ -253,10 +255,10 @@ REPLY_RENDERERS: dict[type, Renderer] = {
     core.Left: lambda r, _: f"You left room '{r.room}'.",
     core.UserList: lambda r, _: (
         f"Users in room '{r.room}': {_users(r.users)}" if r.room is not None
-        else f"Online users: {_users(r.users)}" if r.users else "No users online."
+        else f"Online users: {_users(r.users)}{_more('list_all_users', r.next)}" if r.users else "No users online."
     ),
     core.RoomList: lambda r, _: (
-        "Available rooms: " + ", ".join(f"{x.name} ({x.members})" for x in r.rooms)
+        "Available rooms: " + ", ".join(f"{x.name} ({x.members})" for x in r.rooms) + _more("list_all_rooms", r.next)
         if r.rooms else "No rooms available."
     ),
     core.WhoAmIReply: lambda r, _: f"You are logged in as {r.user}." if r.user else "You are not logged in.",
