@@ -46,8 +46,8 @@ from utuvox.protocol import Code, ProtocolError, Reply
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 from utuvox.protocol.files import FileCode
-from utuvox.protocol.text_codec import size
 from utuvox.protocol.safe_text import clean
+from utuvox.protocol.text_codec import size
 from utuvox.store import Conflict, FileRecord, StoreError
 
 from .rooms import Room
@@ -574,8 +574,6 @@ class FileService:
             raise ProtocolError(Code.LIMIT_REACHED, "The server is busy with other downloads; try again shortly.")
         if not is_unique_name(req.name):
             raise ProtocolError(FileCode.NO_SUCH_FILE, "No such file: not a valid file name.")
-        # A download posts an event to the room: it costs what a message costs.
-        self.chat.limits.check_message(session)
         path = self.path_of(req.name)
         record = await self.chat.store.get_file(req.name)
         room = self.chat.rooms.get(record.room.lower()) if record is not None else None
