@@ -666,3 +666,48 @@ async def test_out_of_the_box_a_flood_is_refused_and_bots_get_more(tmp_path: Pat
         assert people.count("ok") <= 25 and "rate_limited" in people  # a burst of 20, then a few a second
         bots = await burst(bot, 60)
         assert bots.count("ok") == 60  # ten times more for a bot account
+
+
+async def test_admin_listings_are_paged_in_text_mode_and_json(tmp_path: Path) -> None:
+    async with running_server(tmp_path, list_page_max=2) as srv:
+        op = await operator(srv)
+        for name in ("ann", "ben", "cat"):
+            await op.request("add_user", username=name, password="pw")
+        first = await op.request("view_users")
+        assert [u["name"] for u in first["users"]] == ["ann", "ben"] and first["next"] == "ben"
+        rest = await op.request("view_users", after=first["next"])
+        assert [u["name"] for u in rest["users"]] == ["cat"] and "next" not in rest
+        clients = [await JsonLines.connect(srv.tcp_port) for _ in range(3)]
+        for client, name in zip(clients, ("ann", "ben", "cat"), strict=True):
+            await login_json(client, name, register=False)
+        sessions, after = [], None
+        while True:
+            page = await op.request("who", **({"after": after} if after is not None else {}))
+            assert len(page["sessions"]) <= 2
+            sessions += page["sessions"]
+            if (after := page.get("next")) is None:
+                break
+        assert sorted(s.get("user", "") for s in sessions) == ["", "ann", "ben", "cat"]  # the operator too
+        await op.request("edit_user", username="ann", is_admin=True)
+        text = await TextLines.connect(srv.tcp_port)
+        await text.recv_line()
+        await text.send("/login ann pw")
+        await text.expect("Login successful.")
+        await text.send("/view_users")
+        assert (await text.expect("More:")).endswith("More: /view_users ben")
+        await text.send("/view_users ben")
+        assert (await text.expect("Username:")).endswith("Username: cat, Admin: No, Banned: No, Bot: No, Online: Yes")
+
+
+async def test_the_console_follows_the_pages(tmp_path: Path) -> None:
+    from .test_console import console, out
+
+    async with running_server(tmp_path, list_page_max=2) as srv:
+        alice = await JsonLines.connect(srv.tcp_port)
+        await login_json(alice, "alice")
+        for room in ("r1", "r2", "r3", "r4", "r5"):
+            await alice.request("create", room=room)
+        result = await console(srv, "rooms -j", "view_users -j")
+        assert result.returncode == 0, result.stderr
+        text = out(result)
+        assert all(f'"r{i}"' in text for i in range(1, 6)), text

@@ -321,14 +321,16 @@ for _name, _type, _params, _usage, _desc in [
      "Add a new user (is_admin: 0 or 1, default 0)."),
     ("edit_user", "edit_user", ("username", "new_password", "is_admin?!"), "<username> <new_password> [is_admin]",
      "Edit a user's password and/or admin status."),
-    ("view_users", "view_users", (), "", "List all registered users with their admin and ban status."),
+    ("view_users", "view_users", ("after?",), "[after]",
+     "List all registered users with their admin and ban status (a page at a time: after the name given)."),
     ("view_room_history", "view_room_history", ("room", "limit?"), "<room> [n]",
      "View a room's history, including messages, joins, leaves and files."),
     ("ban_user", "ban_user", ("username", "reason?*"), "<username> [reason]",
      "Ban a user from the server, disconnecting them immediately."),
     ("unban_user", "unban_user", ("username",), "<username>", "Unban a previously banned user."),
     ("change_admin_key", "change_admin_key", ("new_key",), "<new_key>", "Change the admin registration key."),
-    ("who", "who", (), "", "List connected sessions: user, transport, address, rooms, connected since."),
+    ("who", "who", ("after?",), "[after]",
+     "List connected sessions: user, transport, address, rooms, connected since (a page at a time)."),
     ("kick", "kick", ("username", "reason?*"), "<username> [reason]", "Disconnect every session of a user."),
     ("announce", "announce", ("text*",), "<text>", "Announce a message to everyone connected."),
     ("announce_room", "announce", ("room", "text*"), "<room> <text>", "Announce a message to one room."),
@@ -407,8 +409,10 @@ def _kicked(r: admin.Kicked) -> str:
 
 
 REPLY_RENDERERS.update({
-    admin.UserTable: lambda r, _: ["Users:", *map(_account, r.users)] if r.users else "No users.",
-    admin.SessionList: lambda r, _: ["Connected sessions:", *map(_session, r.sessions)],
+    admin.UserTable: lambda r, _: (["Users:", *map(_account, r.users)]
+                                   + ([f"More: /view_users {r.next}"] if r.next else [])) if r.users else "No users.",
+    admin.SessionList: lambda r, _: ["Connected sessions:", *map(_session, r.sessions)]
+    + ([f"More: /who {r.next}"] if r.next is not None else []),
     admin.Kicked: lambda r, _: _kicked(r),
     admin.ServerStats: lambda r, _: _stats(r),
     admin.AdminLogPage: lambda r, _: (["Admin log:", *map(_log_entry, r.entries)] if r.entries
