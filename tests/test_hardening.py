@@ -610,13 +610,14 @@ async def test_sigterm_acknowledges_every_stored_message_before_the_goodbye(tmp_
 
 
 async def test_hashing_is_shared_fairly_between_addresses(tmp_path: Path) -> None:
-    async with running_server(tmp_path, argon2_memory_kib=4096, argon2_time_cost=2,
+    # Hashes slow enough (~20 ms) that scheduling noise on a loaded machine cannot reorder them.
+    async with running_server(tmp_path, argon2_memory_kib=8192, argon2_time_cost=2,
                               address_free_failures=1_000_000) as srv:
         victim = await JsonLines.connect(srv.tcp_port)
         await login_json(victim, "victim")
         await victim.aclose()
-        # 60 connections from another address, each with a login for a made-up name in the hashing queue.
-        flood = [await slow_socket(srv.tcp_port, source="127.0.0.2") for _ in range(60)]
+        # 40 connections from another address, each with a login for a made-up name in the hashing queue.
+        flood = [await slow_socket(srv.tcp_port, source="127.0.0.2") for _ in range(40)]
         for i, client in enumerate(flood):
             await client.send({"type": "login", "id": 1, "username": f"ghost{i}", "password": "guess"})
         await trio.sleep(0.05)
@@ -635,7 +636,7 @@ async def test_hashing_is_shared_fairly_between_addresses(tmp_path: Path) -> Non
             served_first = len(answered_before) - already
         # First come, first served, the victim would wait behind every queued hash; taking turns, behind
         # the few in progress and one more of the other address's.
-        assert served_first <= 10, served_first
+        assert served_first <= 8, served_first
 
 
 # --- 8. a public server's defaults ----------------------------------------------------------------
