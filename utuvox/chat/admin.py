@@ -378,7 +378,8 @@ class Administration:
             await self.chat.store.update_user(user.name, banned=True, ban_reason=req.reason)
             ended = self.chat.end_sessions(user.name, reason, "banned")
         self.chat.elsewhere.tell("ban", user=user.name, reason=reason)
-        audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{ended + len(elsewhere)} session(s) disconnected"
+        audit.detail = ((f"reason: {req.reason}; " if req.reason else "")
+                        + f"{ended + len(elsewhere)} session(s) disconnected")
         return p.Ok(re=req.id)
 
     async def _unban_user(self, session: Session, req: a.UnbanUser, audit: Audit) -> Reply:

@@ -18,17 +18,15 @@ from typing import Any, TypeVar
 
 import trio
 
-from .group_commit import GroupCommit, Outcome, Pending
+from .group_commit import GroupCommit
 from .interface import (
     AdminLogRecord,
     CommitCallback,
-    Conflict,
     FileRecord,
     RoomRecord,
     StoredEvent,
     StoreError,
     UserRecord,
-    numbered,
 )
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .rows import FILE_SELECT as _FILE_SELECT
