@@ -18,15 +18,17 @@ from typing import Any, TypeVar
 
 import trio
 
-from .group_commit import GroupCommit
+from .group_commit import GroupCommit, Outcome, Pending
 from .interface import (
     AdminLogRecord,
     CommitCallback,
+    Conflict,
     FileRecord,
     RoomRecord,
     StoredEvent,
     StoreError,
     UserRecord,
+    numbered,
 )
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .rows import FILE_SELECT as _FILE_SELECT
@@ -165,6 +167,97 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
                 await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.warning("checkpoint failed: %s", exc)
+
+    def _next_seq(self, conn: sqlite3.Connection, numbers: dict[int, int], room_id: int) -> int:
+        last = numbers.get(room_id)
+        if last is None:
+            last = self._last_seq.get(room_id)
+        if last is None:
+            last = conn.execute("SELECT MAX(seq) FROM events WHERE room_id = ?", (room_id,)).fetchone()[0] or 0
+        return last + 1
+
+    def _number(self, conn: sqlite3.Connection, numbers: dict[int, int], row: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The row with the next sequence number of its room (counted in ``numbers``) in it."""
+        room_id, _seq, ts, kind, user, body = row
+        seq = numbers[room_id] = self._next_seq(conn, numbers, room_id)
+        return (room_id, seq, ts, kind, user, numbered(body, seq))
+
+    @property
+    def _can_write(self) -> bool:
+        return self._writer is not None
+
+    def _commit_sync(self, batch: list[Pending[sqlite3.Connection]]) -> list[Outcome]:
+        conn = self._writer
+        assert conn is not None
+        outcomes: list[Outcome] = []
+        # Sequence numbers given out in this transaction; they count only once it commits.
+        numbers: dict[int, int] = {}
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            i, n = 0, len(batch)
+            while i < n:
+                if batch[i].row is None:
+                    outcomes.append(self._run_one(conn, batch[i], numbers))
+                    i += 1
+                    continue
+                # A run of history rows (the common case under load): one statement for all of them;
+                # only if it fails, one at a time, so a bad row fails alone (and takes no number).
+                j = i
+                while j < n and batch[j].row is not None:
+                    j += 1
+                run = batch[i:j]
+                before = dict(numbers)
+                rows = [self._number(conn, numbers, item.row) for item in run]  # type: ignore[arg-type]
+                conn.execute("SAVEPOINT rows")
+                try:
+                    conn.executemany(INSERT_EVENT, rows)
+                    conn.execute("RELEASE rows")
+                    outcomes.extend((row[1], None) for row in rows)
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO rows")
+                    conn.execute("RELEASE rows")
+                    numbers = before
+                    outcomes.extend(self._run_one(conn, item, numbers) for item in run)
+                i = j
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction as a whole failed (disk full, I/O error): nothing of it is stored.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = StoreError(f"could not write to the database: {exc}")
+            return [(None, error)] * len(batch)
+        finally:
+            forget, self._forget = self._forget, set()
+        self._last_seq.update(numbers)
+        for room_id in forget:
+            self._last_seq.pop(room_id, None)
+        return outcomes
+
+    def _run_one(self, conn: sqlite3.Connection, item: Pending[sqlite3.Connection],
+                 numbers: dict[int, int]) -> Outcome:
+        conn.execute("SAVEPOINT op")
+        try:
+            if item.op is None:
+                assert item.row is not None
+                room_id = item.row[0]
+                row = self._number(conn, dict(numbers), item.row)
+                conn.execute(INSERT_EVENT, row)
+                numbers[room_id] = result = row[1]
+            else:
+                result = item.op(conn)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return None, Conflict(str(exc))
+        except sqlite3.OperationalError:
+            raise  # disk full, I/O error: the whole transaction fails
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return None, exc
+        conn.execute("RELEASE op")
+        return result, None
 
     # --- reads ----------------------------------------------------------------------------------
 
