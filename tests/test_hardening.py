@@ -313,9 +313,10 @@ async def make_rooms(data_dir: Path, count: int) -> None:
         async def one(i: int) -> None:
             room = await store.create_room(f"room{i:05d}", "alice")
             done = trio.Event()
-            body = json.dumps({"type": "message", "ts": "2026-01-01T00:00:00Z", "room": room.name, "seq": 1,
-                               "user": "alice", "text": "hi"})
-            store.submit_event(StoredEvent(room.id, 1, 0.0, "message", "alice", body), lambda _e: done.set())
+            # The store numbers the event as it commits it (the body's "seq":0 is where the number goes).
+            body = json.dumps({"type": "message", "ts": "2026-01-01T00:00:00Z", "room": room.name, "seq": 0,
+                               "user": "alice", "text": "hi"}, separators=(",", ":"))
+            store.submit_event(StoredEvent(room.id, 0, 0.0, "message", "alice", body), lambda _seq, _e: done.set())
             await done.wait()
 
         async with trio.open_nursery() as writers:

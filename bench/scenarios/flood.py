@@ -101,15 +101,15 @@ def _prepare(db: Path, kind: str) -> None:
                 done = trio.Event()
                 left = [ARCHIVE_MESSAGES]
 
-                def committed(_error: BaseException | None) -> None:
+                def committed(_seq: int, _error: BaseException | None) -> None:
                     left[0] -= 1
                     if not left[0]:
                         done.set()
 
-                for seq in range(1, ARCHIVE_MESSAGES + 1):
-                    body = json.dumps({"type": "message", "ts": "2026-01-01T00:00:00Z", "room": ARCHIVE, "seq": seq,
-                                       "user": "someone", "text": "a" * 3900})
-                    store.submit_event(StoredEvent(room.id, seq, 0.0, "message", "someone", body), committed)
+                for _ in range(ARCHIVE_MESSAGES):  # numbered by the store as it commits ("seq":0 in the body)
+                    body = json.dumps({"type": "message", "ts": "2026-01-01T00:00:00Z", "room": ARCHIVE, "seq": 0,
+                                       "user": "someone", "text": "a" * 3900}, separators=(",", ":"))
+                    store.submit_event(StoredEvent(room.id, 0, 0.0, "message", "someone", body), committed)
                 await done.wait()
             nursery.cancel_scope.cancel()
         await store.close()
