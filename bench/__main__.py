@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with one node: PostgreSQL and the broker instead of SQLite (what a cluster costs a node)")
     p.add_argument("--broker", default=d.broker, help="the broker URL with --nodes (default redis://127.0.0.1:6379/0)")
     p.add_argument("--server-log-level", default=d.server_log_level, help="the server's --log-level (default WARNING)")
+    p.add_argument("--floods", default=",".join(d.floods), help="flood: which floods, comma-separated "
+                                                                 f"(default {','.join(d.floods)})")
     return p
 
 
@@ -90,6 +92,7 @@ def options_from(args: argparse.Namespace) -> Options:
         login_concurrency=args.login_concurrency, count=args.count, parallel=args.parallel, stored=args.stored,
         repeat=args.repeat, server_log_level=args.server_log_level, nodes=args.nodes, broker=args.broker,
         postgres=args.postgres,
+        floods=tuple(f for f in args.floods.split(",") if f),
     )
 
 

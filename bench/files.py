@@ -37,6 +37,8 @@ from typing import Any
 import trio
 import trio_websocket
 
+from utuvox.server.settings import unthrottled_env
+
 from .harness import cpu_model
 
 try:
@@ -91,7 +93,8 @@ class ServerProcess:
 @contextlib.contextmanager
 def server(size: int, *, pin: bool) -> Iterator[ServerProcess]:
     data_dir = Path(tempfile.mkdtemp(prefix="utuvox-bench-files-"))
-    env = {**os.environ, "UTUVOX_MAX_UPLOAD_BYTES": str(max(size, 1) * 2), "UTUVOX_LOG_LEVEL": "WARNING",
+    env = {**os.environ, **unthrottled_env(), "UTUVOX_MAX_UPLOAD_BYTES": str(max(size, 1) * 2),
+           "UTUVOX_LOG_LEVEL": "WARNING",
            "UTUVOX_ARGON2_MEMORY_KIB": "1024", "UTUVOX_ARGON2_TIME_COST": "1"}
     command = [sys.executable, "-m", "utuvox", "serve", "--host", "127.0.0.1", "--port", "0", "--ws-port", "0",
                "--irc-port", "0",

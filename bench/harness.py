@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from utuvox.server.settings import unthrottled_env
+
 from .clients import BenchError
 
 SERVER_CPU = 0
@@ -151,7 +153,8 @@ class ServerProcess(ManagedProcess):
 
     def start(self) -> ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **(FAST_HASH_ENV if self.fast_hash else {}), **self.extra_env}
+        # Benchmarks push far past a public server's rates from one address: no limits unless a scenario sets some.
+        env = {**os.environ, **unthrottled_env(), **(FAST_HASH_ENV if self.fast_hash else {}), **self.extra_env}
         cmd = [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--irc-port", "0",
                "--data-dir", str(self.data_dir), "--log-level", self.log_level]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed right after

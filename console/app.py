@@ -325,6 +325,19 @@ class Console(cmd2.Cmd):
         self.prompt = self._prompt(connected=True)
         return None
 
+    def call_all(self, request: Request, response: type[Reply], field: str, *, link_only: bool = False) -> Any:
+        """Every page of a listing (``rooms``, ``who``, ``view_users`` come a page at a time): the last reply,
+        holding the entries of all of them in ``field``; ``None`` once a failure is said."""
+        entries: list[Any] = []
+        while True:
+            reply = self.link.request(request, response) if link_only else self.call(request, response)
+            if reply is None:
+                return None
+            entries += getattr(reply, field)
+            if reply.next is None:  # type: ignore[attr-defined]
+                return reply.model_copy(update={field: entries, "next": None})
+            request = request.model_copy(update={"after": reply.next})  # type: ignore[attr-defined]
+
     def say(self, reply: Reply, request: Request) -> None:
         """A confirmation, worded as in chat."""
         self.poutput(text_codec.render(reply, request=request).rstrip("\n"))
@@ -357,11 +370,12 @@ class Console(cmd2.Cmd):
             return cached[1]
         try:
             if kind == "rooms":
-                names = [r.name for r in self.link.request(p.ListAllRooms(), p.RoomList).rooms]
+                names = [r.name for r in self.call_all(p.ListAllRooms(), p.RoomList, "rooms", link_only=True).rooms]
             elif kind == "online":
-                names = sorted({s.user for s in self.link.request(a.Who(), a.SessionList).sessions if s.user})
+                sessions = self.call_all(a.Who(), a.SessionList, "sessions", link_only=True).sessions
+                names = sorted({s.user for s in sessions if s.user})
             else:
-                users = self.link.request(a.ViewUsers(), a.UserTable).users
+                users = self.call_all(a.ViewUsers(), a.UserTable, "users", link_only=True).users
                 names = [u.name for u in users if kind != "admins" or u.is_admin]
         except (ServerError, Disconnected):
             return []
@@ -391,7 +405,7 @@ class Console(cmd2.Cmd):
     @with_argparser(view_users_parser)
     def do_view_users(self, args: argparse.Namespace) -> None:
         """List every registered user with admin, bot and ban status."""
-        reply = self.call(a.ViewUsers(), a.UserTable)
+        reply = self.call_all(a.ViewUsers(), a.UserTable, "users")
         if reply is None:
             return
         users = [u for u in reply.users if (not args.banned or u.banned) and (not args.admins or u.is_admin)]
@@ -458,7 +472,7 @@ class Console(cmd2.Cmd):
     @with_argparser(rooms_parser)
     def do_rooms(self, args: argparse.Namespace) -> None:
         """List the rooms and how many users are in each."""
-        if (reply := self.call(p.ListAllRooms(), p.RoomList)) is not None:
+        if (reply := self.call_all(p.ListAllRooms(), p.RoomList, "rooms")) is not None:
             self.listing(args, reply, views.rooms, "No rooms.", len(reply.rooms))
 
     @with_category(ROOMS)
@@ -537,7 +551,7 @@ class Console(cmd2.Cmd):
     @with_argparser(who_parser)
     def do_who(self, args: argparse.Namespace) -> None:
         """Who is connected now."""
-        if (reply := self.call(a.Who(), a.SessionList)) is not None:
+        if (reply := self.call_all(a.Who(), a.SessionList, "sessions")) is not None:
             self.listing(args, reply, views.sessions, "Nobody is connected.", len(reply.sessions))
 
     @with_category(SESSIONS)

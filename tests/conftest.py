@@ -9,18 +9,19 @@ import trio
 import trio_websocket
 
 from utuvox.server.app import Server
-from utuvox.server.settings import Settings
+from utuvox.server.settings import UNTHROTTLED, Settings
 
 from .clients import JsonLines, TextLines, WsJson
 
 # Tests hash with small argon2 parameters (the defaults are exercised by the subprocess test and the
-# benchmarks); everything else is the real server on real sockets.
+# benchmarks) and run without rate limits and caps, since every client comes from 127.0.0.1 and many
+# pipeline (a test of a limit sets it); everything else is the real server on real sockets.
 FAST_HASH = {"argon2_memory_kib": 1024, "argon2_time_cost": 1}
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {"port": 0, "ws_port": 0, "irc_port": 0, "data_dir": data_dir, "detect_timeout": 0.2,
-                                 **FAST_HASH}
+                                 **FAST_HASH, **UNTHROTTLED}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import trio
+
+from utuvox.server.settings import unthrottled_env
 
 # The startup lines, a contract: exactly these lines, " (TLS)", wss:// and https:// only with TLS on. The fourth,
 # "Admin key: <key>", comes only on the start that creates the key (ADMIN_KEY_LINE); the web client's line
@@ -30,18 +33,26 @@ class Serving(NamedTuple):
     irc_port: int = 0
 
 
-async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Serving:
-    """Start the server on ports 0 in ``data_dir``; returns once it has printed its startup lines (with
-    the admin key when this start creates it). With ``--database-url`` the key is in the database, and
-    whichever node made it printed it: ``admin_key`` is then empty (``utuvox admin-key`` reads it)."""
+async def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None,
+                nofile: tuple[int, int] | None = None) -> Serving:
+    """Start the server on ports 0 in ``data_dir`` without rate limits (``env`` may set them); returns once
+    it has printed its startup lines (with the admin key when this start creates it). With ``--database-url``
+    the key is in the database, and whichever node made it printed it: ``admin_key`` is then empty
+    (``utuvox admin-key`` reads it). ``nofile``: the process's (soft, hard) limit of open files."""
     in_database = "--database-url" in args
     first_start = not (data_dir / "admin_key.txt").exists() and not in_database
+
+    def limit_files() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "utuvox", "serve", "--port", "0", "--ws-port", "0", "--irc-port", "0",
          "--data-dir", str(data_dir), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
         # A JSON client is told from a text one by its first byte; on a loaded machine that byte can take
         # longer than the default half second to arrive.
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "UTUVOX_DETECT_TIMEOUT": "2", **(env or {})})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "UTUVOX_DETECT_TIMEOUT": "2", **unthrottled_env(), **(env or {})},
+        preexec_fn=limit_files)
     assert proc.stdout is not None
     out = b""
     with trio.fail_after(20):

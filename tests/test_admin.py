@@ -28,7 +28,7 @@ VALID_FIELDS: dict[str, dict] = {
     "delete_room": {"room": "general"}, "add_user": {"username": "zed", "password": "pw"},
     "edit_user": {"username": "bob", "is_admin": True}, "view_users": {},
     "view_room_history": {"room": "general"}, "ban_user": {"username": "bob"}, "unban_user": {"username": "bob"},
-    "change_admin_key": {"new_key": "a-new-key-123"}, "who": {}, "kick": {"username": "bob"},
+    "change_admin_key": {"new_key": "a-new-key-1234567"}, "who": {}, "kick": {"username": "bob"},
     "announce": {"text": "hi"}, "stats": {}, "admin_log": {}, "tail": {}, "untail": {},
 }  # fmt: skip
 
@@ -141,7 +141,7 @@ async def test_non_admins_get_forbidden_over_tcp_websocket_and_text(server, conn
     text = await connect_text()
     await text.send("/login carol pw")
     await text.expect("Login successful")
-    for line in ["/ban_user bob", "/delete_room general", "/view_users", "/change_admin_key abcdefgh1"]:
+    for line in ["/ban_user bob", "/delete_room general", "/view_users", "/change_admin_key abcdefgh1-abcdefgh"]:
         await text.send(line)
         assert re.match(STAMP + r"Error: Permission denied", await text.recv_line()), line
     help_lines = await lines_until(text, "/help", "Pong.")
@@ -264,8 +264,8 @@ async def test_admin_commands_in_text_mode(server, connect_text) -> None:
         ("/unban_user bob", r"User 'bob' has been unbanned\."),
         ("/ban_user root", r"Error: You cannot ban yourself\."),
         ("/change_admin_key short",
-         r"Error: New key must be at least 8 characters\. Usage: /change_admin_key <new_key>"),
-        ("/change_admin_key a-brand-new-key", r"Admin key changed successfully\."),
+         r"Error: New key must be at least 16 characters\. Usage: /change_admin_key <new_key>"),
+        ("/change_admin_key a-brand-new-key-1", r"Admin key changed successfully\."),
         ("/ban_user ghost", r"Error: User 'ghost' does not exist\."),
         ("/announce hello world", r"\[ANNOUNCEMENT\] hello world"),
     ]
@@ -304,9 +304,9 @@ async def test_admin_commands_in_text_mode(server, connect_text) -> None:
 
     # The new key works for registering admins, the old one no longer does.
     other = await TextLines.connect(server.tcp_port)
-    await other.send("/register mallory pw a-brand-new-key")
+    await other.send("/register mallory pw a-brand-new-key-1")
     await other.expect("Registration successful as admin.")
-    assert admin_key(server) == "a-brand-new-key"
+    assert admin_key(server) == "a-brand-new-key-1"
 
 
 async def test_admin_status_changes_take_effect_in_live_sessions(server, connect_json) -> None:
@@ -409,7 +409,8 @@ async def test_admin_log_filters(server) -> None:
 
 async def test_no_password_or_key_in_the_admin_log_or_the_server_log(server, connect_text, caplog) -> None:
     caplog.set_level(logging.DEBUG)
-    secrets_used = ["Pw-added-7731", "Pw-edited-5512", "Key-changed-9904", "Pw-chat-3318", "Key-chat-2270"]
+    secrets_used = ["Pw-added-7731", "Pw-edited-5512", "Key-changed-9904-abcdef", "Pw-chat-3318",
+                    "Key-chat-2270-abcdefgh"]
     op = await operator(server)
     await op.request("add_user", username="bob", password=secrets_used[0], is_admin=True)
     await op.request("edit_user", username="bob", new_password=secrets_used[1])

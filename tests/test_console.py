@@ -182,13 +182,13 @@ async def test_cannot_connect_is_a_clear_failure(tmp_path: Path) -> None:
 
 async def test_console_change_admin_key(tmp_path: Path) -> None:
     async with running_server(tmp_path) as server:
-        result = await console(server, "change_admin_key --generate", "change_admin_key my-own-key-42")
+        result = await console(server, "change_admin_key --generate", "change_admin_key my-own-admin-key-42")
         assert result.returncode == 0, result.stderr
         generated = next(line for line in out(result).splitlines() if line.startswith("New admin key: "))
         assert len(generated.split(": ", 1)[1]) >= 24
-        assert (tmp_path / "admin_key.txt").read_text().strip() == "my-own-key-42"
+        assert (tmp_path / "admin_key.txt").read_text().strip() == "my-own-admin-key-42"
         rows = await server.store.admin_log(action="change_admin_key")
-        assert len(rows) == 2 and all("my-own-key-42" not in str(r) for r in rows)
+        assert len(rows) == 2 and all("my-own-admin-key-42" not in str(r) for r in rows)
 
 
 async def test_console_at_a_terminal_reconnects_by_itself_and_exit_leaves(tmp_path: Path) -> None:

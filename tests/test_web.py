@@ -30,6 +30,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from utuvox.client import Client, connect
 from utuvox.protocol.admin import Kick as KickRequest
+from utuvox.server.settings import unthrottled_env
 from utuvox.server.web import Site, load_assets, parse_origins
 
 from .processes import STARTUP, WEB_CLIENT_LINE
@@ -59,7 +60,9 @@ class WebServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "utuvox", "serve", "--port", port, "--ws-port", ws_port,
              "--data-dir", str(self.data_dir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **FAST_HASH})
+            stdin=subprocess.DEVNULL,
+            # Many pages and test clients from one address, and rooms filled at full speed: no rate limits.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **unthrottled_env(), **FAST_HASH})
         assert self.proc.stdout is not None
         out = b""
         while not (web := WEB_CLIENT_LINE.search(out)):

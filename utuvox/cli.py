@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from utuvox.chat.admin_key import AdminKeyError
     from utuvox.cluster.broker import BrokerError
     from utuvox.server.app import NODE, Server
     from utuvox.server.settings import Settings
@@ -73,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         except BaseExceptionGroup as group:
             # A failure while starting (a port in use) comes out of the nurseries wrapped in a group.
             raise _only_error(group) from None
-    except TlsConfigError as exc:
+    except (TlsConfigError, AdminKeyError) as exc:
         print(f"utuvox: {exc}", file=sys.stderr)
         return 2
     except (StoreError, BrokerError) as exc:

@@ -52,6 +52,8 @@ class Options:
     nodes: int = 1
     broker: str = "redis://127.0.0.1:6379/0"
     postgres: bool = False  # one node on PostgreSQL (and the broker) instead of SQLite
+    # flood
+    floods: tuple[str, ...] = ("messages", "listings", "history", "logins")
 
     @property
     def targets(self) -> list[tuple[str, str]]:

@@ -26,7 +26,7 @@ from utuvox.protocol import core as p
 from utuvox.store import Conflict, StoreError
 
 from .bus import Bus
-from .elsewhere import Elsewhere
+from .elsewhere import Elsewhere, SingleNode
 from .rooms import Room
 from .service import Chat
 from .session import Identity, Session
@@ -96,6 +96,8 @@ class Administration:
         self.closed_sessions = 0
         self.closed_bytes = 0
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=RATE_WINDOW + 1)
+        # Figures of the I/O shell for ``stats`` (slow consumers cut off, descriptors): set by the server.
+        self.server_figures: Callable[[], dict[str, int]] = dict
         chat.on_disconnect.append(self._on_disconnect)
         # (request type, action, written to the admin log, announced to the other operators)
         for kind, action, logged, notify in [
@@ -228,9 +230,8 @@ class Administration:
         """The room is gone: from here on nothing new is published to it and nobody can enter it; its
         members on this node are told and removed. Returns them."""
         chat = self.chat
-        room.deleted = True
-        if chat.rooms.get(room.key) is room:
-            del chat.rooms[room.key]
+        room.deleted = True  # from here on nothing new is published to it, nobody can enter it
+        chat.drop_room(room)
         chat.delivery.forget(room)
         wire = Wire(p.RoomDeleted(room=room.name, by=by))
         members = self.bus.drop_room(room.key)
@@ -255,7 +256,8 @@ class Administration:
         except StoreError:
             # Still stored, so it still exists (empty of members); the caller reports the failure.
             room.deleted = False
-            chat.rooms.setdefault(room.key, room)
+            if room.key not in chat.rooms:
+                chat.add_room(room)
             raise
         chat.elsewhere.tell("room_deleted", id=room.id, name=room.name, by=by)
         log.info("room %s deleted by %s (%d sessions removed here)", room.name, by, len(members))
@@ -268,6 +270,7 @@ class Administration:
     async def _delete_room(self, session: Session, req: a.DeleteRoom, audit: Audit) -> Reply:
         room = self.chat.room(req.room)
         audit.target = room.name
+        await self.still_operator(session)
         await self.delete_room(room, session.actor)
         return p.Ok(re=req.id, room=room.name)
 
@@ -280,6 +283,15 @@ class Administration:
 
     # --- users ----------------------------------------------------------------------------------
 
+    async def still_operator(self, session: Session) -> None:
+        """Right before an admin user's action takes effect: is the account still an admin, as it is now?
+        A demotion or a ban made while the request was under way (a password hashing) wins."""
+        if session.transport == "admin" or session.user is None:
+            return
+        account = await self.chat.settled_account(session.user.name)
+        if account is None or not account.is_admin or account.banned:
+            raise ProtocolError(Code.FORBIDDEN, "Permission denied: you are no longer an admin.")
+
     async def _user(self, name: str) -> Any:
         user = await self.chat.store.get_user(name)
         if user is None:
@@ -290,7 +302,8 @@ class Administration:
         store = self.chat.store
         if await store.get_user(req.username) is not None:
             raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
-        hashed = await self.chat.passwords.hash(req.password)
+        hashed = await self.chat.passwords.hash(req.password, who=session.address)
+        await self.still_operator(session)
         try:
             user = await store.create_user(req.username, hashed, is_admin=req.is_admin, is_bot=req.bot)
         except Conflict:
@@ -305,7 +318,7 @@ class Administration:
         changes: dict[str, Any] = {}
         said: list[str] = []
         if req.new_password is not None:
-            changes["password_hash"] = await self.chat.passwords.hash(req.new_password)
+            changes["password_hash"] = await self.chat.passwords.hash(req.new_password, who=session.address)
             said.append("password changed")
         if req.is_admin is not None and req.is_admin != user.is_admin:
             changes["is_admin"] = req.is_admin
@@ -315,12 +328,19 @@ class Administration:
             said.append(f"bot={req.bot}")
         if not changes:
             raise ProtocolError(Code.BAD_REQUEST, "No changes specified.")
-        await self.chat.store.update_user(user.name, **changes)
-        audit.detail = ", ".join(said)
-        is_admin, is_bot = changes.get("is_admin", user.is_admin), changes.get("is_bot", user.is_bot)
-        self._update_sessions_here(user.name, is_admin, is_bot, session.actor, "is_admin" in changes)
+        await self.still_operator(session)
+        async with self.chat.changing_account(user.name):
+            await self.chat.store.update_user(user.name, **changes)
+            current = await self.chat.store.get_user(user.name) or user
+            is_admin, is_bot = current.is_admin, current.is_bot
+            if "password_hash" in changes:  # whoever is signed in with the old password is signed out
+                ended = self.chat.end_sessions(user.name, f"Your password was changed by admin '{session.actor}'; "
+                                               "log in again.", "password_changed", besides=session)
+                said.append(f"{ended} session(s) ended")
+            self._update_sessions_here(user.name, is_admin, is_bot, session.actor, "is_admin" in changes)
         self.chat.elsewhere.tell("user_changed", name=user.name, is_admin=is_admin, is_bot=is_bot, by=session.actor,
                                  admin_changed="is_admin" in changes)
+        audit.detail = ", ".join(said)
         return p.Ok(re=req.id)
 
     def _update_sessions_here(self, name: str, is_admin: bool, is_bot: bool, by: str, admin_changed: bool) -> None:
@@ -335,28 +355,31 @@ class Administration:
 
     async def _view_users(self, session: Session, req: a.ViewUsers, audit: Audit) -> Reply:
         elsewhere = self.chat.elsewhere
+        size = self.chat.page_size(req.limit)
+        records = await self.chat.store.list_users(after=req.after, limit=size + 1)
+        page = records[:size]
         users = [
             a.AccountInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot, banned=u.banned, ban_reason=u.ban_reason,
                           created_at=u.created_at, sessions=len(self.chat.by_user.get(u.name.lower(), ()))
                           + len(elsewhere.sessions_of(u.name.lower())))
-            for u in await self.chat.store.list_users()
+            for u in page
         ]
-        return a.UserTable(re=req.id, users=users)
+        return a.UserTable(re=req.id, users=users, next=page[-1].name.lower() if len(records) > size else None)
 
     async def _ban_user(self, session: Session, req: a.BanUser, audit: Audit) -> Reply:
         user = await self._user(req.username)
         audit.target = user.name
         if session.user is not None and session.user.key == user.name.lower():
             raise ProtocolError(Code.FORBIDDEN, "You cannot ban yourself.")
-        await self.chat.store.update_user(user.name, banned=True, ban_reason=req.reason)
+        await self.still_operator(session)
         reason = "You have been banned by an admin" + (f": {req.reason}" if req.reason else ".")
-        live = self.chat.sessions_of(user.name)
         elsewhere = self.chat.elsewhere.sessions_of(user.name.lower())
-        for victim in live:
-            victim.peer.close(reason, "banned")
+        async with self.chat.changing_account(user.name):
+            await self.chat.store.update_user(user.name, banned=True, ban_reason=req.reason)
+            ended = self.chat.end_sessions(user.name, reason, "banned")
         self.chat.elsewhere.tell("ban", user=user.name, reason=reason)
         audit.detail = ((f"reason: {req.reason}; " if req.reason else "")
-                        + f"{len(live) + len(elsewhere)} session(s) disconnected")
+                        + f"{ended + len(elsewhere)} session(s) disconnected")
         return p.Ok(re=req.id)
 
     async def _unban_user(self, session: Session, req: a.UnbanUser, audit: Audit) -> Reply:
@@ -364,11 +387,14 @@ class Administration:
         audit.target = user.name
         if not user.banned:
             raise ProtocolError(Code.BAD_REQUEST, f"User '{user.name}' is not banned.")
-        await self.chat.store.update_user(user.name, banned=False, ban_reason=None)
+        await self.still_operator(session)
+        async with self.chat.changing_account(user.name):
+            await self.chat.store.update_user(user.name, banned=False, ban_reason=None)
         return p.Ok(re=req.id)
 
     async def _change_admin_key(self, session: Session, req: a.ChangeAdminKey, audit: Audit) -> Reply:
         audit.target = None
+        await self.still_operator(session)
         try:
             await self.chat.admin_key.change(req.new_key)
         except OSError as exc:
@@ -380,22 +406,39 @@ class Administration:
     # --- sessions -------------------------------------------------------------------------------
 
     async def _who(self, session: Session, req: a.Who, audit: Audit) -> Reply:
-        """Every session of every node: this node's first, then the others' (as they last told)."""
+        """Every session of every node, a page at a time: this node's first (by id), then the others' (as they
+        last told; with several nodes the whole list comes in one page)."""
+        await trio.lowlevel.checkpoint()
         elsewhere = self.chat.elsewhere
         node = elsewhere.node or None
+        single = isinstance(elsewhere, SingleNode)
+        size = self.chat.page_size(req.limit) if single else len(self.chat.sessions) + 1
+        # Session ids only grow, so the dict (in insertion order) is in id order already.
+        after = req.after or 0
+        chosen: list[Session] = []
+        more = False
+        for s in self.chat.sessions.values():
+            if s.id <= after:
+                continue
+            if len(chosen) == size:
+                more = True
+                break
+            chosen.append(s)
         sessions = [
             a.SessionInfo(id=s.id, user=s.user.name if s.user else None, is_admin=bool(s.user and s.user.is_admin),
                           transport=s.transport, address=s.address, rooms=list(s.rooms), connected_at=s.connected_at,
                           operator=s.operator, tailing=s in self.bus.taps,
-                          bytes_sent=getattr(s.peer, "bytes_sent", 0), node=node)
-            for s in sorted(self.chat.sessions.values(), key=lambda s: s.id)
+                          bytes_sent=getattr(s.peer, "bytes_sent", 0), queued_bytes=getattr(s.peer, "pending_bytes", 0),
+                          node=node)
+            for s in chosen
         ]
-        sessions += [
-            a.SessionInfo(id=r.id, user=r.user, is_admin=r.is_admin, transport=r.transport, address=r.address,
-                          rooms=list(r.rooms), connected_at=r.connected_at, operator=r.operator, node=r.node)
-            for r in sorted(elsewhere.sessions(), key=lambda r: (r.node, r.id))
-        ]
-        return a.SessionList(re=req.id, sessions=sessions)
+        if not single:
+            sessions += [
+                a.SessionInfo(id=r.id, user=r.user, is_admin=r.is_admin, transport=r.transport, address=r.address,
+                              rooms=list(r.rooms), connected_at=r.connected_at, operator=r.operator, node=r.node)
+                for r in sorted(elsewhere.sessions(), key=lambda r: (r.node, r.id))
+            ]
+        return a.SessionList(re=req.id, sessions=sessions, next=chosen[-1].id if more else None)
 
     async def _kick(self, session: Session, req: a.Kick, audit: Audit) -> Reply:
         reason = "You have been kicked by an admin" + (f": {req.reason}" if req.reason else ".")
@@ -495,16 +538,18 @@ class Administration:
         for s in chat.sessions.values():
             by_transport[s.transport] = by_transport.get(s.transport, 0) + 1
         sent = self.bytes_sent()
+        queued = [getattr(s.peer, "pending_bytes", 0) for s in chat.sessions.values()]
         messages_rate, bytes_rate = self.rates(chat.messages_sent, sent)
         now = utc_now()
         return a.ServerStats(
             re=req.id, started_at=chat.started_at, uptime=(now - chat.started_at).total_seconds(),
             connections=len(chat.sessions), by_transport=by_transport,
             connections_total=self.closed_sessions + len(chat.sessions),
-            users_online=len(chat.by_user), users_registered=len(await chat.store.list_users()),
+            users_online=len(chat.by_user), users_registered=await chat.store.count_users(),
             rooms=len(chat.rooms), messages=chat.messages_sent, messages_per_second=round(messages_rate, 2),
             bytes_sent=sent, bytes_per_second=round(bytes_rate, 1), node=chat.elsewhere.node or None,
             nodes=chat.elsewhere.nodes(),
+            queued_bytes=sum(queued), queued_bytes_max=max(queued, default=0), **self.server_figures(),
         )
 
     async def _admin_log(self, session: Session, req: a.AdminLogQuery, audit: Audit) -> Reply:

@@ -1,15 +1,25 @@
 """The admin key: made at random on first run, kept in ``admin_key.txt`` (mode 0600), or with a database
-URL in the database (one key for the whole cluster); compared in constant time, never logged."""
+URL in the database (one key for the whole cluster); compared in constant time, never logged. A key
+shorter than ``MIN_LENGTH`` is refused, in the file as in ``change_admin_key``: whoever guesses it becomes
+an admin."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
+
+log = logging.getLogger("utuvox.server")
+MIN_LENGTH = 16
+
+
+class AdminKeyError(ValueError):
+    """The admin key file holds a key too short to keep."""
 
 
 class AdminKey:
@@ -25,7 +35,13 @@ class AdminKey:
     def load_or_create(self) -> str:
         """Read the key, or make one on first run. Synchronous: called once at startup."""
         if self.path.exists():
+            mode = self.path.stat().st_mode & 0o777
+            if mode & 0o077:
+                log.warning("%s can be read by other users of this machine (mode %o); chmod 600 it", self.path, mode)
             self._key = self.path.read_text(encoding="utf-8").strip()
+            if self._key and len(self._key) < MIN_LENGTH:
+                raise AdminKeyError(f"the admin key in {self.path} is shorter than {MIN_LENGTH} characters; "
+                                    "put a longer one there, or delete the file to have one made")
         if not self._key:
             self._key = secrets.token_urlsafe(24)
             self._write(self._key)

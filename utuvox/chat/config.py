@@ -13,6 +13,8 @@ class ChatConfig:
     join_history: int = 50  # events shown on join
     recent_cache: int = 200  # events of each room kept in memory for joins and recent pages
     history_page_max: int = 500
+    list_page_max: int = 500  # entries in one page of a listing (rooms, users, sessions)
+    history_page_bytes: int = 1024 * 1024  # a history page stops here (keeping the newest), whatever its limit
     max_unacked: int = 1000  # messages one session may have waiting for commit before its reader waits
     # argon2id, OWASP's recommendation: 19 MiB, 2 iterations, 1 lane.
     argon2_memory_kib: int = 19 * 1024

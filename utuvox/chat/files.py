@@ -46,6 +46,7 @@ from utuvox.protocol import Code, ProtocolError, Reply
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 from utuvox.protocol.files import FileCode
+from utuvox.protocol.safe_text import clean
 from utuvox.protocol.text_codec import size
 from utuvox.store import Conflict, FileRecord, StoreError
 
@@ -65,6 +66,7 @@ class FileConfig:
     temp_dir: Path
     max_upload_bytes: int = 100 * MiB
     max_uploads_per_session: int = 4
+    max_uploads_per_user: int = 4
     max_uploads_total: int = 64
     max_downloads_per_session: int = 4
     max_downloads_total: int = 64
@@ -84,8 +86,6 @@ SAFE_MAX = 100  # characters of the original name kept in the unique name
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _UNIQUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _OUR_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_\d{8}_\d{6}_[A-Za-z0-9._-]+_[0-9a-f]{8}$")
-_CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F),
-                                  *range(0x2066, 0x206A), 0x200E, 0x200F, 0xFEFF]}
 
 
 def last_component(name: str) -> str:
@@ -96,7 +96,7 @@ def last_component(name: str) -> str:
 def display_original(name: str) -> str:
     """The original name as shown and stored: its last path component, control and bidi characters
     replaced, never empty, ``.`` or ``..`` (a careless client may save a download under it)."""
-    base = last_component(name).translate(_CONTROL).strip()
+    base = clean(last_component(name)).strip()
     return base if base not in ("", ".", "..") else "file"
 
 
@@ -335,6 +335,14 @@ class FileService:
         if len(mine) >= cfg.max_uploads_per_session:
             raise ProtocolError(Code.LIMIT_REACHED, f"At most {cfg.max_uploads_per_session} uploads at once per "
                                                     "connection; finish one first.")
+        if session.user is not None and session.transport != "admin":
+            # Slots per user too: sixteen connections of one user must not take every slot of the server.
+            users = sum(len(self.uploads.get(s.id, ())) for s in self.chat.sessions_of(session.user.name))
+            if users >= cfg.max_uploads_per_user:
+                raise ProtocolError(Code.LIMIT_REACHED, f"At most {cfg.max_uploads_per_user} uploads at once per "
+                                                        "user; finish one first.")
+        # Every file posts an event to the room: it costs what a message costs.
+        self.chat.limits.check_message(session)
         if self.uploads_in_progress >= cfg.max_uploads_total:
             raise ProtocolError(Code.LIMIT_REACHED, "The server is busy with other uploads; try again shortly.")
         pending = sum(u.size - u.received for per in self.uploads.values() for u in per.values())
@@ -602,6 +610,8 @@ class FileService:
                     offset = 0
                     while offset < record.size:
                         want = min(block, record.size - offset)
+                        # Room in the send queue for the block's chunks before reading it (base64: 4/3).
+                        await peer.reserve(want * 4 // 3 + 1024)
                         pieces = await trio.to_thread.run_sync(_read_block, file, want, chunk, limiter=self.io)
                         if not pieces:
                             raise OSError(errno.EIO, "file shorter than recorded")

@@ -156,23 +156,26 @@ class Meter:
         return max(self.session.wait(now), user.wait(now) if user is not None else 0.0)
 
 
-# The defaults are far above what a person or a well-behaved bot does, and above what the benchmarks
-# push through one connection (a pipelining sender reaches ~10^5 messages/s): an operator facing the
-# internet lowers them (docs/SECURITY.md lists values for that).
-_FAST = Rate(200_000, 200_000)
+# The defaults suit a server open to the internet, as IRC servers ship theirs: a person sends a few
+# messages a second with a burst, a bot account (``is_bot``, which an admin can grant) ten times that.
+# Benchmarks and tests that push 10^5 messages a second through one connection set their own.
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    session_requests: Rate = _FAST
-    user_requests: Rate = _FAST
-    session_messages: Rate = _FAST
-    user_messages: Rate = _FAST
-    session_joins: Rate = Rate(50, 200)
-    user_joins: Rate = Rate(50, 200)
-    session_logins: Rate = Rate(2, 10)  # login, register and changepassword attempts of one connection
-    user_logins: Rate = Rate(20, 60)  # attempts on one account, from anywhere
-    strikes: int = 50  # requests made during a wait the client was told of, tolerated (one more per second)
+    session_requests: Rate = Rate(50, 200)
+    user_requests: Rate = Rate(100, 400)
+    session_messages: Rate = Rate(5, 20)
+    user_messages: Rate = Rate(10, 40)
+    session_joins: Rate = Rate(1, 20)
+    user_joins: Rate = Rate(2, 40)
+    session_logins: Rate = Rate(0.2, 5)  # login, register and changepassword attempts of one connection
+    user_logins: Rate = Rate(1, 10)  # attempts on one account, from anywhere
+    # Bot accounts: these replace the request and message rates above, per connection and per user.
+    bot_requests: Rate = Rate(500, 2000)
+    bot_messages: Rate = Rate(50, 200)
+    user_creates: Rate = Rate(0.1, 10)  # rooms one user may create
+    strikes: int = 20  # requests made during a wait the client was told of, tolerated (one more per second)
     # failed logins
     login_free_failures: int = 5  # per account, before delays start
     address_free_failures: int = 20  # per address, over all accounts
@@ -181,8 +184,9 @@ class LimitsConfig:
     login_failure_window: float = 900.0  # failures this old are forgotten
     # caps
     max_rooms_per_user: int = 100  # rooms one user is in at once, over all their sessions
+    max_rooms_created_per_user: int = 50  # rooms that exist and were created by one user
     max_room_members: int = 20_000  # sessions in one room
-    max_sessions_per_user: int = 100
+    max_sessions_per_user: int = 10
     max_upload_bytes_per_day: int = 10 * 1024**3  # per user, per UTC day
     max_tracked: int = 100_000  # accounts and addresses remembered by the throttle and the user buckets
 
@@ -210,16 +214,25 @@ def address_key(address: str) -> str:
 class UserLimiter:
     """The buckets one user shares across all of their sessions."""
 
-    __slots__ = ("joins", "logins", "messages", "requests")
+    __slots__ = ("bot", "creates", "joins", "logins", "messages", "requests")
 
     def __init__(self, cfg: LimitsConfig, now: float) -> None:
         self.requests = cfg.user_requests.bucket(now)
         self.messages = cfg.user_messages.bucket(now)
         self.joins = cfg.user_joins.bucket(now)
         self.logins = cfg.user_logins.bucket(now)
+        self.creates = cfg.user_creates.bucket(now)
+        self.bot = False
+
+    def make_bot(self, cfg: LimitsConfig, now: float) -> None:
+        """A bot account: the request and message rates of bots."""
+        if not self.bot:
+            self.bot = True
+            self.requests = cfg.bot_requests.bucket(now)
+            self.messages = cfg.bot_messages.bucket(now)
 
     def idle(self, now: float) -> bool:
-        return all(b.full(now) for b in (self.requests, self.messages, self.joins, self.logins))
+        return all(b.full(now) for b in (self.requests, self.messages, self.joins, self.logins, self.creates))
 
 
 class SessionLimiter:
@@ -236,7 +249,10 @@ class SessionLimiter:
         self.hold_until = 0.0  # the end of the last wait the client was told to make
         self.user: UserLimiter | None = None
 
-    def sign_in(self, user: UserLimiter) -> None:
+    def sign_in(self, user: UserLimiter, cfg: LimitsConfig, now: float) -> None:
+        if user.bot:
+            self.requests = Meter(cfg.bot_requests.bucket(now), cfg.bot_requests.chunk)
+            self.messages = Meter(cfg.bot_messages.bucket(now), cfg.bot_messages.chunk)
         self.user = user
         self.requests.attach(user.requests)
         self.messages.attach(user.messages)
@@ -394,7 +410,11 @@ class Limits:
         limiter = self.sessions.get(session)
         if limiter is None:
             return
-        limiter.sign_in(self._user(identity.key, monotonic()))
+        now = monotonic()
+        user = self._user(identity.key, now)
+        if identity.is_bot:
+            user.make_bot(self.cfg, now)
+        limiter.sign_in(user, self.cfg, now)
 
     def _user(self, key: str, now: float) -> UserLimiter:
         """The buckets of the account ``key``, made on first use (a login attempt counts too, even for a
@@ -459,6 +479,20 @@ class Limits:
         if wait:
             raise self.refuse(session, limiter, now, wait, "joins")
 
+    def check_create(self, session: Session, created: int) -> None:
+        """Before ``session`` creates a room: its user has ``created`` rooms that still exist."""
+        limiter = self.sessions.get(session)
+        if limiter is None or (session.user is not None and session.user.is_admin):
+            return
+        cap = self.cfg.max_rooms_created_per_user
+        if created >= cap:
+            raise ProtocolError(Code.LIMIT_REACHED, f"You have created {created} rooms, the most allowed.")
+        if limiter.user is not None:
+            now = monotonic()
+            wait = limiter.user.creates.take(now)
+            if wait:
+                raise self.refuse(session, limiter, now, wait, "rooms created")
+
     def check_login(self, session: Session, account: str | None) -> None:
         """Before a password is checked (login, register, changepassword): this connection's attempts,
         the account's attempts, and the delays earned by earlier failures."""
@@ -511,24 +545,33 @@ def install_upload_quota(chat: Chat) -> None:
 
     async def checked_upload(session: Session, req: Any) -> Reply | None:
         if session.user is not None:
-            quota.check(session.user.key, req.size, _in_progress(chat, session.user.key))
+            quota.check(session.user.key, charged(req.size), _in_progress(chat, session.user.key))
         return await upload(session, req)
 
     async def counted_chunk(session: Session, req: Any) -> Reply | None:
         reply = await chunk(session, req)
         if session.user is not None and getattr(reply, "type", None) == "uploaded":
-            quota.add(session.user.key, reply.size)  # type: ignore[union-attr]
+            quota.add(session.user.key, charged(reply.size))  # type: ignore[union-attr]
         return reply
 
     chat.handlers["upload"] = checked_upload
     chat.handlers["upload_chunk"] = counted_chunk
 
 
+UPLOAD_CHARGE_MIN = 4096  # bytes an upload counts against the daily volume at least: a file is never free
+
+
+def charged(size: int) -> int:
+    """What an upload of ``size`` bytes costs of the daily volume (an empty file still costs a row, a name
+    in uploads/ and an event in the room)."""
+    return max(size, UPLOAD_CHARGE_MIN)
+
+
 def _in_progress(chat: Chat, user_key: str) -> int:
     """Bytes announced by the user's uploads still in progress (they count against today's volume)."""
     files = getattr(chat, "files", None)
     uploads: dict[int, dict[str, Any]] = getattr(files, "uploads", {}) or {}
-    return sum(up.size for s in chat.sessions_of(user_key) for up in uploads.get(s.id, {}).values())
+    return sum(charged(up.size) for s in chat.sessions_of(user_key) for up in uploads.get(s.id, {}).values())
 
 
 __all__ = ["Limits", "LimitsConfig", "LoginThrottle", "Meter", "Rate", "SessionLimiter", "TokenBucket", "UploadQuota",

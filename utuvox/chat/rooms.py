@@ -32,7 +32,7 @@ class Room:
     # Events committed here beyond a gap, by seq, with whom to tell once they are published.
     waiting: dict[int, tuple[Wire, Delivered]] = field(default_factory=dict)
     known: int = 0  # the highest sequence number known to be committed (by any node)
-    created_by: str | None = None
+    created_by: str | None = None  # the key of the user who created it (rooms per user are capped)
     topic: str | None = None
     topic_by: str | None = None
     topic_ts: float | None = None

@@ -8,8 +8,9 @@ through the bus. Handlers for other capabilities (files, administration) registe
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -20,7 +21,7 @@ from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, utc
 from utuvox.protocol import core as p
 from utuvox.protocol.schema import SERVER_FRAME
 from utuvox.protocol.text_codec import COMMANDS
-from utuvox.store import Conflict, RoomRecord, Store, StoredEvent, StoreError
+from utuvox.store import Conflict, RoomRecord, Store, StoredEvent, StoreError, UserRecord
 
 from .admin_key import AdminKey
 from .bus import Bus
@@ -28,10 +29,11 @@ from .config import ChatConfig
 from .delivery import InOrder
 from .elsewhere import Elsewhere, SingleNode
 from .limits import Limits, address_key, monotonic
+from .listing import SortedKeys
 from .passwords import Passwords
 from .rejoin import Rejoins
 from .rooms import Room
-from .session import Identity, Session
+from .session import Identity, Peer, Session
 from .wire import Wire
 
 log = logging.getLogger("utuvox.chat")
@@ -48,11 +50,20 @@ class Chat:
         self.passwords = Passwords(config)
         self.limits = Limits(config.limits)
         self.rooms: dict[str, Room] = {}
+        self.room_keys = SortedKeys()  # the keys of ``rooms``, for listings a page at a time
+        self.rooms_created: dict[str, int] = {}  # by user key: rooms they created that still exist
         self.sessions: dict[int, Session] = {}
         self.by_user: dict[str, dict[Session, None]] = {}
+        self.online_keys = SortedKeys()  # the keys of ``by_user``
+        # Accounts being changed (ban, password, admin status...), and a count of finished changes: a
+        # login decides rights on the account as it is once no change is under way (settled_account).
+        self._changing: dict[str, int] = {}
+        self._generations: dict[str, int] = {}
+        self._settled = trio.lowlevel.ParkingLot()
         self.started_at = datetime.now(UTC)
         self.messages_sent = 0
-        # Set when the server shuts down: the sessions it closes are not people leaving (see rejoin.py).
+        # Set when the server shuts down: new requests are refused while the last ones are acknowledged, and
+        # the sessions it closes are not people leaving (see rejoin.py).
         self.stopping = False
         self.rejoins = Rejoins(config.rejoin_grace)
         # Other nodes of a cluster (none by default), and in-order delivery of what any node commits.
@@ -86,9 +97,10 @@ class Chat:
         self.on_room_deleted: list[Callable[[Room], Awaitable[None]]] = []
 
     async def start(self) -> None:
-        """Load the rooms and how far their events go."""
+        """Load the rooms and how far their events go: two queries, however many rooms there are."""
+        last = await self.store.room_seqs()
         for record in await self.store.list_rooms():
-            await self.adopt_room(record)
+            await self.adopt_room(record, last.get(record.id, 0))
         self.rejoins.started(self.rooms.values())
 
     async def close_rejoins(self) -> None:
@@ -111,14 +123,16 @@ class Chat:
         for room in list(self.rooms.values()):
             await self.ensure_loaded(room)
 
-    async def adopt_room(self, record: RoomRecord) -> Room:
+    async def adopt_room(self, record: RoomRecord, last: int | None = None) -> Room:
         """The live state of a stored room, made on first sight (at start, or created by another node)."""
-        last = await self.store.last_seq(record.id)
+        if last is None:
+            last = await self.store.last_seq(record.id)
         room = self.rooms.get(record.name.lower())
         if room is None or room.id != record.id:
-            room = self.rooms[record.name.lower()] = Room(record.id, record.name, last, self.config.recent_cache)
-        room.created_by, room.topic, room.topic_by, room.topic_ts = (
-            record.created_by, record.topic, record.topic_by, record.topic_ts)
+            room = Room(record.id, record.name, last, self.config.recent_cache,
+                        created_by=record.created_by.lower() if record.created_by else None)
+            self.add_room(room)
+        room.topic, room.topic_by, room.topic_ts = record.topic, record.topic_by, record.topic_ts
         return room
 
     async def find_room(self, name: str) -> Room:
@@ -129,6 +143,28 @@ class Chat:
             if record is not None:
                 room = await self.adopt_room(record)
         return room if room is not None else self.room(name)  # (which says it does not exist)
+
+    def add_room(self, room: Room) -> None:
+        old = self.rooms.get(room.key)
+        if old is not None:
+            self.drop_room(old)
+        self.rooms[room.key] = room
+        self.room_keys.add(room.key)
+        if room.created_by is not None:
+            self.rooms_created[room.created_by] = self.rooms_created.get(room.created_by, 0) + 1
+
+    def drop_room(self, room: Room) -> None:
+        """Forget a deleted room (a later room of the same name is another room)."""
+        if self.rooms.get(room.key) is not room:
+            return
+        del self.rooms[room.key]
+        self.room_keys.discard(room.key)
+        if room.created_by is not None:
+            left = self.rooms_created.get(room.created_by, 0) - 1
+            if left > 0:
+                self.rooms_created[room.created_by] = left
+            else:
+                self.rooms_created.pop(room.created_by, None)
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -159,10 +195,12 @@ class Chat:
             sessions.pop(session, None)
             if not sessions:
                 del self.by_user[session.user.key]
+                self.online_keys.discard(session.user.key)
 
     def _sign_in(self, session: Session, identity: Identity) -> None:
         session.user = identity
         self.by_user.setdefault(identity.key, {})[session] = None
+        self.online_keys.add(identity.key)
         self.limits.signed_in(session, identity)
         self.elsewhere.changed(session)
 
@@ -181,6 +219,45 @@ class Chat:
 
     def guest_holds(self, name: str) -> bool:
         return any(s.user is not None and s.user.guest for s in self.by_user.get(name.lower(), ()))
+
+    # --- accounts changing while they are used --------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def changing_account(self, name: str) -> AsyncIterator[None]:
+        """Around a change of an account's rights or password and its effect on live sessions (write,
+        then update or close them): logins of the account wait for it to end, so none can sign in with
+        what the account was before."""
+        key = name.lower()
+        self._changing[key] = self._changing.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._changing[key] - 1
+            if left:
+                self._changing[key] = left
+            else:
+                del self._changing[key]
+            self._generations[key] = self._generations.get(key, 0) + 1
+            self._settled.unpark_all()
+
+    async def settled_account(self, name: str) -> UserRecord | None:
+        """The account as stored, read when no change to it was under way from before the read to after
+        it. The caller acts on it before its next ``await``."""
+        key = name.lower()
+        while True:
+            while key in self._changing:
+                await self._settled.park()
+            generation = self._generations.get(key, 0)
+            user = await self.store.get_user(name)
+            if key not in self._changing and self._generations.get(key, 0) == generation:
+                return user
+
+    def end_sessions(self, username: str, reason: str, code: str, *, besides: Session | None = None) -> int:
+        """Close every session of a user (but ``besides``) with a goodbye; how many."""
+        victims = [s for s in self.sessions_of(username) if s is not besides]
+        for victim in victims:
+            victim.peer.close(reason, code)
+        return len(victims)
 
     def sessions_of(self, username: str) -> list[Session]:
         return list(self.by_user.get(username.lower(), ()))
@@ -202,6 +279,8 @@ class Chat:
         handler = self.handlers.get(request.type)
         if handler is None:
             raise ProtocolError(Code.UNKNOWN_TYPE, f"Unknown type: {request.type}.")
+        if self.stopping:
+            raise ProtocolError(Code.SHUTTING_DOWN, "The server is shutting down; nothing more is taken.")
         if type(request).admin_only and not session.is_operator:
             raise ProtocolError(Code.FORBIDDEN, "Permission denied: that command is for admins only.")
         if not type(request).anonymous and session.user is None and session.transport != "admin":
@@ -339,11 +418,18 @@ class Chat:
             is_admin = True
         if await self.store.get_user(req.username) is not None or self.guest_holds(req.username):
             raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
-        hashed = await self.passwords.hash(req.password)
+        hashed = await self.passwords.hash(req.password, who=session.address)
+        if is_admin and not self.admin_key.matches(req.admin_key or ""):  # changed while hashing
+            raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
         try:
             user = await self.store.create_user(req.username, hashed, is_admin=is_admin, is_bot=req.bot)
         except Conflict:
             raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.") from None
+        # An admin may have banned or changed the new account already.
+        current = await self.settled_account(user.name)
+        if current is None or current.banned or current.password_hash != hashed:
+            raise ProtocolError(Code.AUTH_FAILED, "The account was changed while it was being created; log in.")
+        user = current
         self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
         log.info("registered %s (admin=%s, bot=%s) from %s", user.name, is_admin, req.bot, session.address)
         if is_admin:
@@ -356,11 +442,23 @@ class Chat:
             raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
         self.limits.check_login(session, req.username)
         user = await self.store.get_user(req.username)
-        ok = await self.passwords.verify(user.password_hash if user else None, req.password)
+        ok = await self.passwords.verify(user.password_hash if user else None, req.password, who=session.address)
         if not ok or user is None:
             log.info("failed login for %r from %s", req.username, session.address)
             self._login_failed(session, req.username)
             raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
+        verified = user.password_hash
+        if self.passwords.needs_rehash(verified):
+            verified = await self.passwords.hash(req.password, who=session.address)
+            async with self.changing_account(user.name):
+                await self.store.update_user(user.name, password_hash=verified)
+        # The hash took a while: decide on the account as it is now (a ban, a demotion or a new password
+        # made meanwhile applies), and sign in before the next await.
+        current = await self.settled_account(user.name)
+        if current is None or current.password_hash != verified:
+            log.info("login for %s from %s refused: the password changed meanwhile", user.name, session.address)
+            raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
+        user = current
         self._login_succeeded(session, user.name)
         if user.banned:
             log.info("banned user %s refused from %s", user.name, session.address)
@@ -368,8 +466,6 @@ class Chat:
             raise ProtocolError(Code.BANNED, f"You are banned from this server{reason}")
         self.limits.check_sessions(len(self.by_user.get(user.name.lower(), ()))
                                    + len(self.elsewhere.sessions_of(user.name.lower())))
-        if self.passwords.needs_rehash(user.password_hash):
-            await self.store.update_user(user.name, password_hash=await self.passwords.hash(req.password))
         self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
         log.info("login %s from %s (%s)", user.name, session.address, session.transport)
         return p.LoggedIn(re=req.id, user=user.name, is_admin=user.is_admin, is_bot=user.is_bot)
@@ -378,11 +474,16 @@ class Chat:
         me = self.identity(session)
         self.limits.check_login(session, me.name)
         user = await self.store.get_user(me.name)
-        if user is None or not await self.passwords.verify(user.password_hash, req.old_password):
+        if user is None or not await self.passwords.verify(user.password_hash, req.old_password, who=session.address):
             self._login_failed(session, me.name)
             raise ProtocolError(Code.AUTH_FAILED, "The old password is wrong.")
-        await self.store.update_user(me.name, password_hash=await self.passwords.hash(req.new_password))
-        log.info("password changed for %s", me.name)
+        hashed = await self.passwords.hash(req.new_password, who=session.address)
+        async with self.changing_account(me.name):
+            await self.store.update_user(me.name, password_hash=hashed)
+            # Whoever else is signed in with the old password is signed out, as careful web apps do.
+            ended = self.end_sessions(me.name, "Your password was changed; log in again.", "password_changed",
+                                      besides=session)
+        log.info("password changed for %s (%d other session(s) ended)", me.name, ended)
         return p.Ok(re=req.id)
 
     # --- rooms ----------------------------------------------------------------------------------
@@ -392,14 +493,14 @@ class Chat:
         if req.room.lower() in self.rooms:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.")
         self._check_join(session, None)
+        self.limits.check_create(session, self.rooms_created.get(me.key, 0))
         try:
             record = await self.store.create_room(req.room, me.name)
         except Conflict:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.") from None
-        room = Room(record.id, record.name, 0, self.config.recent_cache)
+        room = Room(record.id, record.name, 0, self.config.recent_cache, created_by=me.key)
         room.loaded = True
-        room.created_by = me.name
-        self.rooms[room.key] = room
+        self.add_room(room)
         self.elsewhere.tell("room_created", id=room.id, name=room.name)
         log.info("room %s created by %s", room.name, me.name)
         joined = await self._enter(session, room, req)
@@ -520,6 +621,8 @@ class Chat:
     async def _msg(self, session: Session, req: p.Msg) -> Reply:
         me = self.identity(session)
         self.limits.check_message(session)
+        if not req.text.strip():
+            raise ProtocolError(Code.EMPTY, "Message is empty.")
         if len(req.text) > self.config.max_message_chars:
             raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
         targets = self.sessions_of(req.to)
@@ -550,7 +653,8 @@ class Chat:
 
         def room_created(m: dict[str, Any]) -> None:
             if m["name"].lower() not in self.rooms:
-                room = self.rooms[m["name"].lower()] = Room(int(m["id"]), m["name"], 0, self.config.recent_cache)
+                room = Room(int(m["id"]), m["name"], 0, self.config.recent_cache)
+                self.add_room(room)  # created elsewhere: counted against its creator there
                 room.loaded = True  # a new room: whatever it has, the doorbells bring
 
         elsewhere.on("room_created", room_created)
@@ -577,7 +681,7 @@ class Chat:
             raise ProtocolError(Code.NOT_IN_ROOM, f"Join room '{room.name}' to read its history.")
         limit = min(req.limit or self.config.join_history, self.config.history_page_max)
         if req.after is None and req.after_ts is None and req.before_ts is None:
-            events, more = await self.history_page(room, req.before, limit)
+            events, more = await self.history_page(room, req.before, limit, peer=session.peer)
             return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
         after, before = req.after, req.before
         if req.after_ts is not None:
@@ -658,36 +762,71 @@ class Chat:
                                         session))
         return p.Ok(re=req.id)
 
-    async def history_page(self, room: Room, before: int | None, limit: int) -> tuple[list[Any], bool]:
+    async def history_page(self, room: Room, before: int | None, limit: int,
+                           peer: Peer | None = None) -> tuple[list[Any], bool]:
+        """At most ``limit`` events before ``before``, oldest first, and whether older ones exist. A page
+        also stops at ``history_page_bytes`` (keeping the newest), and with ``peer`` given it waits until
+        the page fits in the peer's send queue before building it: a client that asks faster than it
+        reads waits, it does not pile pages up in memory."""
         await self.ensure_loaded(room)
+        budget = self.config.history_page_bytes
         events = room.page(before, limit)
         if events is None:
             stored = await self.store.history(room.id, before=before, limit=limit + 1)
             more = len(stored) > limit
-            events = [self.parse_event(s) for s in stored[-limit:]]
+            stored = stored[-limit:]
+            cut, cost = _newest_within(stored, [len(s.body) + 2 for s in stored], budget)
+            more = more or cut > 0
+            stored = stored[cut:]
+            if peer is not None:
+                await peer.reserve(cost)
+            events = [self.parse_event(s) for s in stored]
         else:
+            cut, cost = _newest_within(events, [event_cost(e) for e in events], budget)
+            events = events[cut:]
             more = bool(events) and events[0].seq > 1
+            if peer is not None:
+                await peer.reserve(cost)
         return events, more
 
     # --- lists ----------------------------------------------------------------------------------
 
+    def page_size(self, limit: int | None) -> int:
+        return min(limit or self.config.list_page_max, self.config.list_page_max)
+
     async def _list_all_users(self, session: Session, req: p.ListAllUsers) -> Reply:
+        await trio.lowlevel.checkpoint()  # pipelined listings take turns with everyone else's requests
+        size = self.page_size(req.limit)
+        if isinstance(self.elsewhere, SingleNode):
+            keys, next_key = self.online_keys.page(req.after, size)
+            users = []
+            for key in keys:
+                sessions = self.by_user.get(key)
+                u = next(iter(sessions)).user if sessions else None
+                if u is not None:
+                    users.append(p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot))
+            return p.UserList(re=req.id, users=users, next=next_key)
+        # Several nodes: everyone online anywhere, sorted here, then the page.
         online = [next(iter(sessions)).user for sessions in self.by_user.values() if sessions]
         seen = {u.key: p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot) for u in online if u}
         for r in self.elsewhere.sessions():
             if r.user is not None and r.user.lower() not in seen:
                 seen[r.user.lower()] = p.UserInfo(name=r.user, is_admin=r.is_admin, is_bot=r.is_bot)
-        users = sorted(seen.values(), key=lambda u: u.name.lower())
-        return p.UserList(re=req.id, users=users)
+        after = (req.after or "").lower()
+        ordered = [seen[k] for k in sorted(seen) if k > after]
+        return p.UserList(re=req.id, users=ordered[:size],
+                          next=ordered[size - 1].name.lower() if len(ordered) > size else None)
 
     async def _list_users_in_room(self, session: Session, req: p.ListUsersInRoom) -> Reply:
         room = self.room(req.room) if req.room else self.my_room(session, None)
         return p.UserList(re=req.id, room=room.name, users=self.unique_users(room))
 
     async def _list_all_rooms(self, session: Session, req: p.ListAllRooms) -> Reply:
+        await trio.lowlevel.checkpoint()  # pipelined listings take turns with everyone else's requests
+        keys, next_key = self.room_keys.page(req.after, self.page_size(req.limit))
         rooms = [p.RoomInfo(name=r.name, members=len(self.unique_users(r)))
-                 for r in sorted(self.rooms.values(), key=lambda r: r.key)]
-        return p.RoomList(re=req.id, rooms=rooms)
+                 for r in (self.rooms.get(k) for k in keys) if r is not None]
+        return p.RoomList(re=req.id, rooms=rooms, next=next_key)
 
     async def _whoami(self, session: Session, req: p.WhoAmI) -> Reply:
         me = session.user
@@ -717,3 +856,23 @@ class Chat:
 
 def _nothing(_seq: int, _error: BaseException | None) -> None:
     pass
+
+
+def event_cost(event: Any) -> int:
+    """An upper bound of a room event's JSON size: UTF-8 takes at most 4 bytes a character, an escaped
+    quote 2, and the fields around the text fit in 256."""
+    text = getattr(event, "text", None)
+    if text is None:
+        text = getattr(event, "original", "") + getattr(event, "name", "")
+    return 256 + 4 * len(text)
+
+
+def _newest_within(items: list[Any], costs: list[int], budget: int) -> tuple[int, int]:
+    """How many of the oldest ``items`` to drop so that the rest cost at most ``budget`` (the newest one
+    is always kept), and what the rest cost."""
+    total = 0
+    for i in range(len(items) - 1, -1, -1):
+        if total + costs[i] > budget and i < len(items) - 1:
+            return i + 1, total
+        total += costs[i]
+    return 0, total

@@ -32,6 +32,9 @@ class Peer(Protocol):
     async def send_paced(self, frame: Reply | Event) -> None:
         """Queue a frame, waiting while the queue is full (back-pressure, for bulk transfers)."""
 
+    async def reserve(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more fit in the session's send queue: before building a large reply."""
+
     def close(self, reason: str, code: str) -> None:
         """Say goodbye with ``reason`` and close the connection once what is queued is sent."""
 

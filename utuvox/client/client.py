@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from utuvox.protocol import Event, Reply, Request
+from utuvox.protocol import Code, Event, Reply, Request
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 
@@ -155,6 +155,9 @@ class Client:
         except trio.TooSlowError:
             raise UtuVoxError(TIMEOUT, f"No answer to '{request.type}' within {timeout} s.") from None
         if isinstance(reply, p.Error):
+            if reply.code == Code.SHUTTING_DOWN:
+                # Not taken, and the connection is about to end: to a bot, as good as disconnected.
+                raise Disconnected(reply.message, code=reply.code)
             raise UtuVoxError(reply.code, reply.message, re=reply.re, retry_after=reply.retry_after)
         return reply
 
@@ -265,15 +268,17 @@ class Client:
         ``before`` (default: the newest). ``more`` says whether older ones exist."""
         return await self.call(p.History(room=room, before=before, limit=limit), p.HistoryPage)
 
-    async def list_all_users(self) -> p.UserList:
-        """Everyone online, each once; ``UserInfo.is_bot`` marks bots."""
-        return await self.call(p.ListAllUsers(), p.UserList)
+    async def list_all_users(self, *, limit: int | None = None, after: str | None = None) -> p.UserList:
+        """Everyone online, each once, by name, a page at a time (``next``: the ``after`` of the next page);
+        ``UserInfo.is_bot`` marks bots."""
+        return await self.call(p.ListAllUsers(limit=limit, after=after), p.UserList)
 
     async def list_users_in_room(self, room: str | None = None) -> p.UserList:
         return await self.call(p.ListUsersInRoom(room=room), p.UserList)
 
-    async def list_all_rooms(self) -> p.RoomList:
-        return await self.call(p.ListAllRooms(), p.RoomList)
+    async def list_all_rooms(self, *, limit: int | None = None, after: str | None = None) -> p.RoomList:
+        """The rooms by name, a page at a time (``next``: the ``after`` of the next page)."""
+        return await self.call(p.ListAllRooms(limit=limit, after=after), p.RoomList)
 
     async def list_files(self, room: str | None = None) -> f.FileList:
         """The files shared in ``room`` (default: the current room), oldest first."""

@@ -13,12 +13,12 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from .base import Event, Reply, Request
+from .base import Cursor, Event, PageLimit, Reply, Request, Seq
 from .core import Text
-from .names import Name, Password
+from .names import Name, NewName, Password
 
 # A new admin key: no whitespace (it is typed as one word after /register), long enough not to guess.
-AdminKeyText = Annotated[str, StringConstraints(min_length=8, max_length=256, pattern=r"^\S+$")]
+AdminKeyText = Annotated[str, StringConstraints(min_length=16, max_length=256, pattern=r"^\S+$")]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
@@ -38,7 +38,7 @@ class DeleteRoom(AdminRequest):
 
 class AddUser(AdminRequest):
     type: Literal["add_user"] = "add_user"
-    username: Name
+    username: NewName
     password: Password = Field(repr=False)
     is_admin: bool = False
     bot: bool = False
@@ -58,6 +58,8 @@ class ViewUsers(AdminRequest):
     """Every registered user, with admin, bot and ban status."""
 
     type: Literal["view_users"] = "view_users"
+    limit: PageLimit | None = None  # a page at a time: at most this many (or the server's page size)
+    after: Cursor | None = None  # the ``next`` of the page before
 
 
 class ViewRoomHistory(AdminRequest):
@@ -65,7 +67,7 @@ class ViewRoomHistory(AdminRequest):
 
     type: Literal["view_room_history"] = "view_room_history"
     room: Name
-    before: int | None = Field(default=None, ge=1)
+    before: Seq | None = None
     limit: int | None = Field(default=None, ge=1, le=500)
 
 
@@ -94,6 +96,8 @@ class Who(AdminRequest):
     """Every connected session: user, transport, address, rooms, connected since."""
 
     type: Literal["who"] = "who"
+    limit: PageLimit | None = None  # a page at a time: at most this many (or the server's page size)
+    after: Seq | None = None  # the ``next`` of the page before (a session id)
 
 
 class Kick(AdminRequest):
@@ -101,7 +105,7 @@ class Kick(AdminRequest):
 
     type: Literal["kick"] = "kick"
     username: Name | None = None
-    session: int | None = Field(default=None, ge=1)
+    session: Seq | None = None
     reason: Reason | None = None
 
     @model_validator(mode="after")
@@ -164,6 +168,7 @@ class UserTable(Reply):
 
     type: Literal["user_table"] = "user_table"
     users: list[AccountInfo]
+    next: str | None = None  # the ``after`` of the next page; absent on the last one
 
 
 class SessionInfo(BaseModel):
@@ -180,6 +185,7 @@ class SessionInfo(BaseModel):
     tailing: bool = False
     bytes_sent: int = 0
     node: str | None = None  # the server process (node of a cluster) the session is connected to
+    queued_bytes: int = 0  # waiting in the server for this client to read
 
 
 class SessionList(Reply):
@@ -187,6 +193,7 @@ class SessionList(Reply):
 
     type: Literal["session_list"] = "session_list"
     sessions: list[SessionInfo]
+    next: int | None = None  # the ``after`` of the next page; absent on the last one
 
 
 class Kicked(Reply):
@@ -216,6 +223,12 @@ class ServerStats(Reply):
     bytes_per_second: float
     node: str | None = None  # the node that answered: every figure above is this node's own
     nodes: list[str] = Field(default_factory=list)  # every live node of the cluster, this one included
+    queued_bytes: int = 0  # waiting in the server for clients to read, all connections
+    queued_bytes_max: int = 0  # the most one connection has waiting
+    slow_consumers: int = 0  # connections cut off since start for falling behind in reading
+    open_files: int = 0  # file descriptors the server has open
+    max_open_files: int = 0  # its limit (RLIMIT_NOFILE, soft)
+    refused_busy: int = 0  # connections refused since start for want of file descriptors
 
 
 class AdminLogEntry(BaseModel):

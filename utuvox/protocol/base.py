@@ -13,7 +13,14 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-RequestId = int | Annotated[str, StringConstraints(max_length=64)]
+# Every integer a client sends is bounded: 2^53 is the largest a JavaScript client holds exactly, and far
+# below SQLite's 2^63 (an unbounded ``before`` of 2^63 used to reach the database and fail there).
+INT_MAX = 2**53
+RequestId = Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)] | Annotated[str, StringConstraints(max_length=64)]
+Seq = Annotated[int, Field(ge=1, le=INT_MAX)]
+# A listing's page: at most ``limit`` entries after the cursor ``after`` (the ``next`` of the last page).
+PageLimit = Annotated[int, Field(ge=1, le=10_000)]
+Cursor = Annotated[str, StringConstraints(max_length=64)]
 
 
 def utc_now() -> datetime:

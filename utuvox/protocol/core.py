@@ -11,8 +11,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from .base import Event, Reply, Request
-from .names import Name, Password
+from .base import Cursor, Event, PageLimit, Reply, Request, Seq
+from .names import Name, NewName, NewRoomName, Password
 
 Text = Annotated[str, StringConstraints(min_length=1)]
 
@@ -36,7 +36,7 @@ ClientTags = Annotated[dict[str, str] | None, AfterValidator(_check_client_tags)
 
 class Register(Request):
     type: Literal["register"] = "register"
-    username: Name
+    username: NewName
     password: Password
     admin_key: str | None = None
     bot: bool = False
@@ -58,7 +58,7 @@ class ChangePassword(Request):
 
 class Create(Request):
     type: Literal["create"] = "create"
-    room: Name
+    room: NewRoomName
 
 
 class Join(Request):
@@ -99,7 +99,7 @@ class History(Request):
 
     type: Literal["history"] = "history"
     room: Name | None = None  # the current room when left out
-    before: int | None = Field(default=None, ge=1)
+    before: Seq | None = None
     limit: int | None = Field(default=None, ge=1, le=500)
     after: int | None = Field(default=None, ge=0)
     before_ts: datetime | None = None
@@ -130,7 +130,11 @@ class Topic(Request):
 
 
 class ListAllUsers(Request):
+    """Online users, a page at a time: at most ``limit`` (or the server's page size) after ``after``."""
+
     type: Literal["list_all_users"] = "list_all_users"
+    limit: PageLimit | None = None
+    after: Cursor | None = None
 
 
 class ListUsersInRoom(Request):
@@ -139,7 +143,11 @@ class ListUsersInRoom(Request):
 
 
 class ListAllRooms(Request):
+    """Rooms by name, a page at a time: at most ``limit`` (or the server's page size) after ``after``."""
+
     type: Literal["list_all_rooms"] = "list_all_rooms"
+    limit: PageLimit | None = None
+    after: Cursor | None = None
 
 
 class WhoAmI(Request):
@@ -265,11 +273,13 @@ class UserList(Reply):
     type: Literal["user_list"] = "user_list"
     room: str | None = None
     users: list[UserInfo]
+    next: str | None = None  # list_all_users: the ``after`` of the next page; absent on the last one
 
 
 class RoomList(Reply):
     type: Literal["room_list"] = "room_list"
     rooms: list[RoomInfo]
+    next: str | None = None  # the ``after`` of the next page; absent on the last one
 
 
 class WhoAmIReply(Reply):

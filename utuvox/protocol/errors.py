@@ -29,6 +29,7 @@ class Code(StrEnum):
     RATE_LIMITED = "rate_limited"
     LIMIT_REACHED = "limit_reached"
     SLOW_CONSUMER = "slow_consumer"
+    SHUTTING_DOWN = "shutting_down"
     STORAGE = "storage_error"
     INTERNAL = "internal_error"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .base import Frame, Reply, Request
+from .base import INT_MAX, Frame, Reply, Request
 from .errors import Code, ProtocolError
 from .schema import CLIENT_FRAME, SERVER_FRAME
 
@@ -24,6 +24,8 @@ def _request_id(data: bytes | str) -> int | str | None:
         return None
     rid = obj.get("id") if isinstance(obj, dict) else None
     if isinstance(rid, bool) or not isinstance(rid, int | str):
+        return None
+    if isinstance(rid, int) and abs(rid) > INT_MAX:
         return None
     if isinstance(rid, str):
         if len(rid) > 64:

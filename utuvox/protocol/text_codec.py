@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from . import admin, core, files
 from .base import Event, Frame, Request
 from .errors import Code, ProtocolError
+from .safe_text import clean
 from .schema import REQUESTS_BY_TYPE
 
 
@@ -64,9 +65,10 @@ for _name, _params, _usage, _desc in [
     ("history", ("room?", "limit?"), "[room] [n]",
      "Show the last n events of the current room or the one named (@user: your private messages with them)."),
     ("topic", ("room", "text?*"), "<room> [text]", "Show a room's topic, or set it (room creator or admin)."),
-    ("list_all_users", (), "", "List all online users."),
+    ("list_all_users", ("after?",), "[after]", "List all online users (a page at a time: after the name given)."),
     ("list_users_in_room", ("room?",), "[room]", "List users currently in the joined room."),
-    ("list_all_rooms", (), "", "List all available chat rooms."),
+    ("list_all_rooms", ("after?",), "[after]", "List all available chat rooms (a page at a time: after the name "
+     "given)."),
     ("whoami", (), "", "Check the currently logged-in username."),
     ("whereami", (), "", "Check the current room or status (outside)."),
     ("ping", (), "", "Check that the server answers."),
@@ -163,13 +165,8 @@ def _bind(command: Command, rest: str) -> dict[str, Any]:
 
 # --- rendering ----------------------------------------------------------------------------------
 
-# Control characters (C0, DEL, C1) never reach a terminal raw: an ANSI escape in a message could
-# otherwise rewrite a reader's screen. They become U+FFFD.
-_CONTROL = {c: "\ufffd" for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)]}
-
-
-def clean(text: str) -> str:
-    return text.translate(_CONTROL)
+# Control characters, bidirectional overrides and line separators never reach a terminal raw: an ANSI
+# escape in a message could otherwise rewrite a reader's screen. See safe_text.
 
 
 def stamp(ts: datetime) -> str:
@@ -214,6 +211,11 @@ def _fallback(frame: Frame) -> str:
     fields = frame.model_dump(mode="json", exclude_none=True, exclude={"type", "re", "ts"})
     detail = ", ".join(f"{k}={v}" for k, v in fields.items())
     return clean(f"{frame.type}: {detail}" if detail else frame.type)
+
+
+def _more(command: str, after: str | None) -> str:
+    """The end of a listing's line when more pages follow."""
+    return f" (more: /{command} {after})" if after else ""
 
 
 def _users(users: list[core.UserInfo]) -> str:
@@ -265,10 +267,10 @@ REPLY_RENDERERS: dict[type, Renderer] = {
     core.Left: lambda r, _: f"You left room '{r.room}'.",
     core.UserList: lambda r, _: (
         f"Users in room '{r.room}': {_users(r.users)}" if r.room is not None
-        else f"Online users: {_users(r.users)}" if r.users else "No users online."
+        else f"Online users: {_users(r.users)}{_more('list_all_users', r.next)}" if r.users else "No users online."
     ),
     core.RoomList: lambda r, _: (
-        "Available rooms: " + ", ".join(f"{x.name} ({x.members})" for x in r.rooms)
+        "Available rooms: " + ", ".join(f"{x.name} ({x.members})" for x in r.rooms) + _more("list_all_rooms", r.next)
         if r.rooms else "No rooms available."
     ),
     core.WhoAmIReply: lambda r, _: f"You are logged in as {r.user}." if r.user else "You are not logged in.",
@@ -338,14 +340,16 @@ for _name, _type, _params, _usage, _desc in [
      "Add a new user (is_admin: 0 or 1, default 0)."),
     ("edit_user", "edit_user", ("username", "new_password", "is_admin?!"), "<username> <new_password> [is_admin]",
      "Edit a user's password and/or admin status."),
-    ("view_users", "view_users", (), "", "List all registered users with their admin and ban status."),
+    ("view_users", "view_users", ("after?",), "[after]",
+     "List all registered users with their admin and ban status (a page at a time: after the name given)."),
     ("view_room_history", "view_room_history", ("room", "limit?"), "<room> [n]",
      "View a room's history, including messages, joins, leaves and files."),
     ("ban_user", "ban_user", ("username", "reason?*"), "<username> [reason]",
      "Ban a user from the server, disconnecting them immediately."),
     ("unban_user", "unban_user", ("username",), "<username>", "Unban a previously banned user."),
     ("change_admin_key", "change_admin_key", ("new_key",), "<new_key>", "Change the admin registration key."),
-    ("who", "who", (), "", "List connected sessions: user, transport, address, rooms, connected since."),
+    ("who", "who", ("after?",), "[after]",
+     "List connected sessions: user, transport, address, rooms, connected since (a page at a time)."),
     ("kick", "kick", ("username", "reason?*"), "<username> [reason]", "Disconnect every session of a user."),
     ("announce", "announce", ("text*",), "<text>", "Announce a message to everyone connected."),
     ("announce_room", "announce", ("room", "text*"), "<room> <text>", "Announce a message to one room."),
@@ -424,8 +428,10 @@ def _kicked(r: admin.Kicked) -> str:
 
 
 REPLY_RENDERERS.update({
-    admin.UserTable: lambda r, _: ["Users:", *map(_account, r.users)] if r.users else "No users.",
-    admin.SessionList: lambda r, _: ["Connected sessions:", *map(_session, r.sessions)],
+    admin.UserTable: lambda r, _: (["Users:", *map(_account, r.users)]
+                                   + ([f"More: /view_users {r.next}"] if r.next else [])) if r.users else "No users.",
+    admin.SessionList: lambda r, _: ["Connected sessions:", *map(_session, r.sessions)]
+    + ([f"More: /who {r.next}"] if r.next is not None else []),
     admin.Kicked: lambda r, _: _kicked(r),
     admin.ServerStats: lambda r, _: _stats(r),
     admin.AdminLogPage: lambda r, _: (["Admin log:", *map(_log_entry, r.entries)] if r.entries

@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
+import resource
 import signal
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -34,7 +37,7 @@ from .connection import LineConnection, WebSocketConnection
 from .irc.outbox import irc_frame_binary, irc_frame_text
 from .irc.registry import IrcRegistry
 from .keepalive import WatchConfig, Watchdog, tune_socket
-from .outbox import Flusher
+from .outbox import Counters, Flusher
 from .session_loop import run_session
 from .settings import Settings
 from .tls import handshake, server_context
@@ -54,6 +57,38 @@ class NodeName(logging.Filter):
 
 
 NODE = NodeName()
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit (the usual soft limit, 1024, is
+    below what a chat server holds); returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def open_files() -> int:
+    """File descriptors this process has open (0 where that cannot be told)."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    except OSError:
+        return 0
+
+
+def _private_dir(path: Any) -> None:
+    """Create a directory only its owner may enter; warn about an existing one others can read."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o007:
+            log.warning("%s can be read by every user of this machine (mode %o); chmod 700 it", path, mode)
 
 
 def _address(sock: Any) -> str:
@@ -97,6 +132,9 @@ class Server:
             login_timeout=settings.login_timeout, idle_timeout=settings.idle_timeout,
             frame_timeout=settings.frame_timeout))
         self._per_address: dict[str, int] = {}  # open connections by address_key
+        self._connections = 0  # accepted TCP and WebSocket connections still open
+        self._fd_budget = 1 << 30  # connections allowed by the open files limit (set at start)
+        self.refused_busy = 0
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -117,11 +155,18 @@ class Server:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        s.uploads_dir.mkdir(parents=True, exist_ok=True)
+        limit = raise_open_files_limit()
+        _private_dir(s.data_dir)
+        _private_dir(s.uploads_dir)
         # Without a database URL the key is a file, read before anything else; with one, it is in the database.
         key = None if s.database_url else await self.admin_key.load()
         self.store = store = await self._open_store()
+        # What is open now (the store's connections included) and a reserve for the admin socket, files in
+        # transfer and the rest stay out of reach of clients: a flood of connections is refused, it does
+        # not leave the server unable to open its database or its admin socket.
+        reserve = min(s.fd_reserve + s.max_uploads_total + s.max_downloads_total, limit // 4)
+        self._fd_budget = max(0, limit - open_files() - reserve)
+        log.info("open files limit %d: up to %d client connections", limit, self._fd_budget)
         try:
             # The store's committer gets a nursery of its own, outside everything else: sessions that are
             # ending still commit (their leave events) even when a sibling task has failed.
@@ -163,6 +208,7 @@ class Server:
             install_upload_quota(chat)
             await services.start(self.watchdog.run)
             self.admin = admin.install(chat)
+            self.admin.server_figures = self._figures
             services.start_soon(self.admin.sample_rates)
             await chat.start()
             services.start_soon(chat.close_rejoins)
@@ -215,8 +261,21 @@ class Server:
         await services.start(cluster.run)
         log.info("joined cluster %s as node %s", s.cluster_name, self.node)
 
+    def _figures(self) -> dict[str, int]:
+        return {"slow_consumers": Counters.cut_off, "open_files": open_files(),
+                "max_open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "refused_busy": self.refused_busy}
+
     async def _say_goodbye(self, chat: Chat, sessions: trio.Nursery) -> None:
-        chat.stopping = True  # a restart is not everyone leaving: no leave is stored for these sessions
+        # New requests are refused from here; the messages already taken in are committed and
+        # acknowledged before anyone is told goodbye, so every stored message gets its ``ok``. (A restart
+        # is not everyone leaving: no leave is stored for these sessions.)
+        chat.stopping = True
+        with trio.move_on_after(self.settings.shutdown_grace):
+            assert self.store is not None
+            await self.store.flush()
+            while any(s.unacked for s in chat.sessions.values()):
+                await trio.sleep(0.01)
+        await trio.lowlevel.checkpoint()  # let the flusher write the last acknowledgements
         for session in list(chat.sessions.values()):
             session.peer.close("Server shutting down.", "shutdown")
         with trio.move_on_after(self.settings.shutdown_grace):
@@ -228,45 +287,78 @@ class Server:
         s = self.settings
         tcp = await trio.open_tcp_listeners(s.port, host=s.host)
         self.tcp_port = tcp[0].socket.getsockname()[1]
-        listeners.start_soon(partial(trio.serve_listeners, partial(self._on_tcp, chat), tcp,
+        listeners.start_soon(partial(trio.serve_listeners, partial(self._guarded, self._on_tcp, chat), tcp,
                                      handler_nursery=sessions))
         ws = await trio.open_tcp_listeners(s.ws_port, host=s.host)
         self.ws_port = ws[0].socket.getsockname()[1]
-        listeners.start_soon(partial(trio.serve_listeners, partial(self._on_websocket, chat), ws,
+        listeners.start_soon(partial(trio.serve_listeners, partial(self._guarded, self._on_websocket, chat), ws,
                                      handler_nursery=sessions))
         irc = await trio.open_tcp_listeners(s.irc_port, host=s.host)
         self.irc_port = irc[0].socket.getsockname()[1]
-        listeners.start_soon(partial(trio.serve_listeners, partial(self._on_irc, chat), irc,
+        listeners.start_soon(partial(trio.serve_listeners, partial(self._guarded, self._on_irc, chat), irc,
                                      handler_nursery=sessions))
-        await listeners.start(partial(serve_admin_socket, partial(self._on_admin, chat), s.admin_socket_path,
-                                      handler_nursery=sessions))
+        await listeners.start(partial(serve_admin_socket, partial(self._guarded, self._on_admin, chat),
+                                      s.admin_socket_path, handler_nursery=sessions))
+
+    async def _guarded(self, handler: Callable[[Chat, trio.SocketStream], Any], chat: Chat,
+                       stream: trio.SocketStream) -> None:
+        """Run a connection's handler so that nothing going wrong with one connection (a descriptor
+        shortage, a socket closed under it) can end the listener, and with it the server."""
+        try:
+            await handler(chat, stream)
+        except Exception:
+            log.exception("connection from %s failed", _address(stream.socket))
+            with contextlib.suppress(Exception):
+                await trio.aclose_forcefully(stream)
 
     async def _on_admin(self, chat: Chat, stream: trio.SocketStream) -> None:
         s = self.settings
         operator, uid, pid = peer_credentials(stream.socket)
+        if uid not in {os.getuid(), 0, *s.admin_uids}:
+            # The socket's mode already keeps others out; this holds even if its directory or mode is loosened.
+            log.warning("admin socket: refused OS user %s (uid %s, pid %s)", operator, uid, pid)
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                                            OSError):
+                await stream.send_all(json_codec.encode(Goodbye(reason="This OS user may not administer the server.",
+                                                                code="forbidden")))
+                await stream.send_eof()
+                while await stream.receive_some(65536):  # closing with input unread would reset the bye away
+                    pass
+            await trio.aclose_forcefully(stream)
+            return
         if self.admin is not None:
             await self.admin.operator_connected(operator, uid, pid)
         conn = LineConnection(stream, "admin", f"unix:{operator}" + (f" pid {pid}" if pid else ""), s.max_frame_bytes)
-        await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, flusher=self.flusher,
-                          operator=operator)
+        await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, queue_bytes=s.send_queue_bytes,
+                          flusher=self.flusher, operator=operator)
 
     @contextlib.contextmanager
-    def _admit(self, address: str) -> Iterator[bool]:
-        """Count a connection against its address while it lasts; yields whether it is within the cap."""
+    def _admit(self, address: str) -> Iterator[Goodbye | None]:
+        """Count a connection against its address and the descriptors while it lasts; yields ``None`` if
+        it may stay, or the goodbye that refuses it."""
         key = address_key(address)
         count = self._per_address[key] = self._per_address.get(key, 0) + 1
+        self._connections += 1
         try:
-            yield count <= self.settings.max_connections_per_address
+            if self._connections > self._fd_budget:
+                self.refused_busy += 1
+                if self.refused_busy % 1000 == 1:
+                    log.warning("refusing connections: %d open, the most the open files limit allows",
+                                self._connections - 1)
+                yield Goodbye(reason="The server is too busy to take more connections; try again later.",
+                              code="server_busy")
+            elif count > self.settings.max_connections_per_address:
+                yield Goodbye(reason=f"Too many connections from your address (at most "
+                                     f"{self.settings.max_connections_per_address}).", code="limit_reached")
+            else:
+                yield None
         finally:
+            self._connections -= 1
             left = self._per_address[key] - 1
             if left:
                 self._per_address[key] = left
             else:
                 del self._per_address[key]
-
-    def _too_many(self) -> Goodbye:
-        return Goodbye(reason=f"Too many connections from your address (at most "
-                              f"{self.settings.max_connections_per_address}).", code="limit_reached")
 
     def _tune(self, stream: trio.SocketStream) -> str:
         """Set up an accepted TCP connection (no Nagle delay, keepalives); its peer's address."""
@@ -287,36 +379,41 @@ class Server:
     async def _on_tcp(self, chat: Chat, stream: trio.SocketStream) -> None:
         s = self.settings
         address = self._tune(stream)
-        with self._admit(address) as admitted:
+        with self._admit(address) as refusal:
             channel = await self._secure(stream)
             if channel is None:
                 return
             # JSON clients speak first with '{'; people wait for a welcome. Silence or anything else is text.
+            # (A connection about to be refused is not waited for long: it holds a descriptor.)
             first = b""
-            with trio.move_on_after(s.detect_timeout):
+            with trio.move_on_after(s.detect_timeout if refusal is None else min(s.detect_timeout, 0.05)):
                 try:
                     first = await channel.receive_some(65536)
-                except (trio.BrokenResourceError, OSError):
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return
                 if not first:
                     await channel.aclose()
                     return
             codec = "json" if first.lstrip()[:1] == b"{" else "text"
-            if not admitted:
-                bye = self._too_many()
+            if refusal is not None:
+                bye = refusal
                 data = json_codec.encode(bye) if codec == "json" else text_codec.render(bye).encode()
-                with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                                                OSError):
                     await channel.send_all(data)
                 await trio.aclose_forcefully(channel)
                 return
             conn = LineConnection(channel, "tcp", address, s.max_frame_bytes, initial=first)
-            await run_session(chat, conn, codec, queue_limit=s.send_queue_frames, flusher=self.flusher,
-                              watchdog=self.watchdog)
+            await run_session(chat, conn, codec, queue_limit=s.send_queue_frames, queue_bytes=s.send_queue_bytes,
+                              flusher=self.flusher, watchdog=self.watchdog)
 
     async def _on_websocket(self, chat: Chat, stream: trio.SocketStream) -> None:
         s = self.settings
         address = self._tune(stream)
-        with self._admit(address) as admitted:
+        with self._admit(address) as refusal:
+            if refusal is not None and refusal.code == "server_busy":
+                await trio.aclose_forcefully(stream)  # no handshake for a connection that cannot stay
+                return
             channel = await self._secure(stream)
             if channel is None:
                 return
@@ -327,35 +424,39 @@ class Server:
             if subprotocol is not None:  # IRC over WebSocket: one IRC line per message
                 conn = WebSocketConnection(channel, address, MAX_LINE + MAX_TAGS, initial=leftover)
                 conn.frame = irc_frame_text if subprotocol == "text.ircv3.net" else irc_frame_binary
-                if not admitted:
+                if refusal is not None:
                     await trio.aclose_forcefully(channel)
                     return
-                await run_session(chat, conn, "irc", queue_limit=s.send_queue_frames, flusher=self.flusher,
-                                  watchdog=self.watchdog, irc=self.irc)
+                await run_session(chat, conn, "irc", queue_limit=s.send_queue_frames, queue_bytes=s.send_queue_bytes,
+                                  flusher=self.flusher, watchdog=self.watchdog, irc=self.irc)
                 return
             conn = WebSocketConnection(channel, address, s.max_frame_bytes, initial=leftover)
-            if not admitted:
+            if refusal is not None:
                 with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
-                    await channel.send_all(conn.frame(json_codec.encode(self._too_many()))
+                    await channel.send_all(conn.frame(json_codec.encode(refusal))
                                            + websocket.close_frame(websocket.POLICY, "too many connections"))
                 await trio.aclose_forcefully(channel)
                 return
-            await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, flusher=self.flusher,
-                              watchdog=self.watchdog)
+            await run_session(chat, conn, "json", queue_limit=s.send_queue_frames, queue_bytes=s.send_queue_bytes,
+                              flusher=self.flusher, watchdog=self.watchdog)
 
     async def _on_irc(self, chat: Chat, stream: trio.SocketStream) -> None:
         address = self._tune(stream)
-        with self._admit(address) as admitted:
+        with self._admit(address) as refusal:
+            if refusal is not None and refusal.code == "server_busy":
+                await trio.aclose_forcefully(stream)  # no TLS handshake for a connection that cannot stay
+                return
             channel = await self._secure(stream)
             if channel is None:
                 return
-            if not admitted:
+            if refusal is not None:
                 with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
-                    await channel.send_all(f"ERROR :{self._too_many().reason}\r\n".encode())
+                    await channel.send_all(f"ERROR :{refusal.reason}\r\n".encode())
                 await trio.aclose_forcefully(channel)
                 return
             conn = LineConnection(channel, "irc", address, MAX_LINE + MAX_TAGS)
-            await run_session(chat, conn, "irc", queue_limit=self.settings.send_queue_frames, flusher=self.flusher,
+            await run_session(chat, conn, "irc", queue_limit=self.settings.send_queue_frames,
+                              queue_bytes=self.settings.send_queue_bytes, flusher=self.flusher,
                               watchdog=self.watchdog, irc=self.irc)
 
     async def _upgrade(self, channel: trio.abc.Stream) -> tuple[bytes, str | None] | None:

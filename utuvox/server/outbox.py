@@ -1,8 +1,13 @@
 """Each session's outgoing side: a bounded queue, written out in batches.
 
 Events arrive as :class:`Wire` objects already encoded once for everybody; an outbox only picks the
-bytes for its codec. A member whose queue fills up is cut off with a reason, so it never slows the
-room; bulk transfers the session asked for itself use :meth:`Outbox.send_paced` and wait instead.
+bytes for its codec. The queue is bounded in bytes (and in frames): what is queued plus what the writer
+is still putting on the wire, shared events counted at their encoded size for this codec. A member that
+goes over is cut off at once: its queue is dropped, a ``bye`` (code ``slow_consumer``) goes after the
+frame being written, and the connection is closed within ``CUTOFF_GRACE`` seconds whether or not the
+bye got out, so it never slows the room and never holds more than the cap. Bulk replies the session
+asked for itself wait for room instead: :meth:`Outbox.reserve` before building a history page or
+reading a file block, :meth:`Outbox.send_paced` for each download chunk.
 
 Writing is done by the :class:`Flusher`, not by a task per session: whatever was queued during one
 turn of the event loop (a whole group commit's worth of deliveries) is written by one task in one
@@ -23,7 +28,7 @@ import trio
 
 from utuvox.chat.session import Session
 from utuvox.chat.wire import Wire
-from utuvox.protocol import Event, Reply, Request, json_codec, text_codec
+from utuvox.protocol import Code, Event, Reply, Request, json_codec, text_codec
 from utuvox.protocol.core import Goodbye
 
 from .connection import Connection
@@ -31,6 +36,13 @@ from .connection import Connection
 log = logging.getLogger("utuvox.server")
 
 Codec = Literal["json", "text", "irc"]
+CUTOFF_GRACE = 2.0  # seconds a connection cut off for falling behind has to take its goodbye
+
+
+class Counters:
+    """Server-wide figures of the outboxes, for ``stats``."""
+
+    cut_off = 0  # connections cut off for falling behind
 
 
 class Flusher:
@@ -78,15 +90,17 @@ class _Framed:
 
 class Outbox:
     def __init__(self, conn: Connection, codec: Codec, limit: int, flusher: Flusher, *,
-                 paced_bytes: int = 1024 * 1024) -> None:
+                 max_bytes: int = 8 * 1024 * 1024, paced_bytes: int = 1024 * 1024) -> None:
         self.conn = conn
         self.codec = codec
-        self.limit = limit
+        self.limit = limit  # frames
+        self.max_bytes = max_bytes  # bytes queued and being written, at most
         self.flusher = flusher
         # send_paced waits while this many bytes are queued (or half the frame limit): bulk frames are
         # large (a download chunk is ~60 KB), so a frame count alone would let megabytes pile up.
-        self.paced_bytes = paced_bytes
-        self._queued_bytes = 0  # bytes of the encoded frames queued (shared events not counted)
+        self.paced_bytes = min(paced_bytes, max_bytes // 2)
+        self._queued_bytes = 0  # encoded size of everything queued (shared events at this codec's size)
+        self._inflight = 0  # bytes taken from the queue that the socket has not accepted yet
         self.session: Session | None = None
         # A list, not a deque: it is only appended to and taken whole, and an empty deque costs 600 bytes
         # per connection against a list's 56 (10,000 idle connections are a goal).
@@ -108,12 +122,13 @@ class Outbox:
         if self.closing:
             return
         queue = self._queue
-        if len(queue) >= self.limit:
-            self._overflow()
+        size = len(item) if item.__class__ is bytes else self._size(item)  # type: ignore[arg-type]
+        queued = self._queued_bytes + size
+        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
+            self._overflow(size)
             return
         queue.append(item)
-        if item.__class__ is bytes:
-            self._queued_bytes += len(item)  # type: ignore[arg-type]
+        self._queued_bytes = queued
         if not self._marked and not self._writing:
             self._marked = True
             self.flusher.mark(self)
@@ -123,10 +138,13 @@ class Outbox:
         if self.closing:
             return
         queue = self._queue
-        if len(queue) >= self.limit:
-            self._overflow()
+        size = len(wire.json) if self.codec == "json" else len(wire.text(self._current_room()))
+        queued = self._queued_bytes + size
+        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
+            self._overflow(size)
             return
         queue.append(wire)
+        self._queued_bytes = queued
         if not self._marked and not self._writing:
             self._marked = True
             self.flusher.mark(self)
@@ -155,10 +173,27 @@ class Outbox:
             re = str(rid).encode() if rid.__class__ is int else json.dumps(rid).encode()
             self._put(b'{"type":"ok","re":%s,"room":"%s","seq":%d}\n' % (re, room.encode(), seq))
 
+    def _size(self, item: Wire | _Framed) -> int:
+        if item.__class__ is _Framed:
+            return len(item.data)  # type: ignore[union-attr]
+        return len(item.json) if self.codec == "json" else len(item.text(self._current_room()))  # type: ignore
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes this connection holds for its peer: queued, and taken but not yet accepted by the socket."""
+        return self._queued_bytes + self._inflight
+
     async def send_paced(self, frame: Reply | Event) -> None:
-        while (len(self._queue) >= self.limit // 2 or self._queued_bytes >= self.paced_bytes) and not self.closing:
+        while (len(self._queue) >= self.limit // 2 or self.pending_bytes >= self.paced_bytes) and not self.closing:
             await self._space.park()
         self.send(frame)
+
+    async def reserve(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more fit under the byte cap (at once if nothing is pending): called before
+        building a large reply the session asked for, so that asking faster than one reads makes one
+        wait instead of piling replies up."""
+        while self.pending_bytes and self.pending_bytes + nbytes > self.max_bytes and not self.closing:
+            await self._space.park()
 
     def close(self, reason: str, code: str) -> None:
         """Queue a goodbye, then close once everything before it is sent."""
@@ -179,15 +214,24 @@ class Outbox:
         self.closing = True
         self._queue.clear()
 
-    def _overflow(self) -> None:
+    def _overflow(self, size: int) -> None:
         who = self.session.user.name if self.session and self.session.user else "anonymous"
-        log.warning("cutting off slow client %s at %s: %d frames queued", who, self.conn.address, len(self._queue))
+        log.warning("cutting off slow client %s at %s: %d frames, %d bytes pending, %d more", who, self.conn.address,
+                    len(self._queue), self.pending_bytes, size)
+        Counters.cut_off += 1
         self.cut_off = "slow consumer"
+        # What was queued is dropped now; the goodbye goes after the frame being written (a frame cut in
+        # the middle would be garbage), and the connection is closed after a short grace either way.
+        bye = self._encode(Goodbye(reason=f"You fell too far behind in reading: more than {self.max_bytes} bytes "
+                                          "were waiting for you.", code=Code.SLOW_CONSUMER), None)
+        self._queue = [bye]
+        self._queued_bytes = len(bye)
         self.closing = True
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._writing = True
+        self._ready.unpark()
+        self._space.unpark_all()
         if self.scope is not None:
-            self.scope.cancel()
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + CUTOFF_GRACE)
 
     # --- encoding -------------------------------------------------------------------------------
 
@@ -242,8 +286,13 @@ class Outbox:
 
     def _hand_to_writer(self, backlog: bytes) -> None:
         self._backlog = backlog
+        self._inflight = len(backlog)
         self._writing = True
         self._ready.unpark()
+
+    def _sent(self) -> None:
+        self._inflight = 0
+        self._space.unpark_all()
 
     async def run(self) -> None:
         """The session's writer task: sends when the flusher could not, until closed. Returns after a
@@ -257,10 +306,15 @@ class Outbox:
                     backlog, self._backlog = self._backlog, b""
                     await self.conn.send_raw(backlog)
                     self.bytes_sent += len(backlog)
+                    del backlog
+                    self._sent()
                 while self._queue and not self.detached:
                     data = self._take()
+                    self._inflight = len(data)
                     await self.conn.send_raw(data)
                     self.bytes_sent += len(data)
+                    del data
+                    self._sent()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.closing = True
                 return

@@ -37,8 +37,8 @@ WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /logi
 
 async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int, flusher: Flusher,
                       operator: str | None = None, watchdog: Watchdog | None = None,
-                      irc: IrcRegistry | None = None) -> None:
-    outbox = (IrcOutbox if codec == "irc" else Outbox)(conn, codec, queue_limit, flusher)
+                      irc: IrcRegistry | None = None, queue_bytes: int = 8 * 1024 * 1024) -> None:
+    outbox = (IrcOutbox if codec == "irc" else Outbox)(conn, codec, queue_limit, flusher, max_bytes=queue_bytes)
     session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
     outbox.session = session
     conn.attach(outbox.send_framed)

@@ -126,6 +126,11 @@ class GroupCommit(Generic[C]):
         while len(self._pending) >= self._max_pending:
             await self._space.park()
 
+    async def flush(self) -> None:
+        """Return once everything submitted before is committed and its callbacks have run (the queue
+        is committed in order: an empty operation at its end is done last)."""
+        await self.write(lambda _conn: None)
+
     async def write(self, op: Callable[[C], T]) -> T:
         await self.wait_for_room()
         waiter = _Waiter()

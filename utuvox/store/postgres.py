@@ -387,8 +387,16 @@ class PostgresStore(GroupCommit[Conn]):
 
         return await self.read(op)
 
-    async def list_users(self) -> list[UserRecord]:
-        return await self.read(lambda c: [user_record(r) for r in c.execute("SELECT * FROM users ORDER BY name_key")])
+    async def list_users(self, *, after: str | None = None, limit: int | None = None) -> list[UserRecord]:
+        def op(conn: Conn) -> list[UserRecord]:
+            rows = conn.execute("SELECT * FROM users WHERE name_key > %s ORDER BY name_key LIMIT %s",
+                                ((after or "").lower(), limit))
+            return [user_record(r) for r in rows]
+
+        return await self.read(op)
+
+    async def count_users(self) -> int:
+        return await self.read(lambda c: c.execute("SELECT COUNT(*) AS n FROM users").fetchone()["n"])
 
     _USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
 
@@ -439,6 +447,9 @@ class PostgresStore(GroupCommit[Conn]):
             return row["last_seq"] if row else 0
 
         return await self.read(op)
+
+    async def room_seqs(self) -> dict[int, int]:
+        return await self.read(lambda c: {r["id"]: r["last_seq"] for r in c.execute("SELECT id, last_seq FROM rooms")})
 
     async def last_seqs(self) -> dict[int, tuple[str, int]]:
         """Every room's name and last sequence number, by id (how a node checks it missed nothing)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +56,19 @@ def _stored(r: sqlite3.Row) -> StoredEvent:
 
 def _range(column: str, after: int | None, before: int | None, latest: bool) -> tuple[str, list[Any], str]:
     return page_bounds(column, after, before, latest, "?")
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (SQLite gives its -wal and -shm files the
+    same mode), and warn if an existing one is readable by others: it holds every message and hash."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if file.stat().st_mode & 0o077:
+                    log.warning("%s can be read by other users of this machine (mode %o); chmod 600 it",
+                                file, file.stat().st_mode & 0o777)
+        return
+    os.close(fd)
 
 
 class SqliteStore(GroupCommit[sqlite3.Connection]):
@@ -65,7 +78,12 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
         super().__init__(max_pending=max_pending, max_batch=max_batch)
         self.path = path
         self._reads = trio.CapacityLimiter(read_threads)
-        self._local = threading.local()
+        # Reading connections, opened at start: a server that runs short of file descriptors later (a
+        # connection flood) must still be able to read, and a thread-local connection per worker thread
+        # would open new ones whenever the thread cache changes.
+        self._read_threads = read_threads
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._checkpointer: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         # Each room's last sequence number, numbered inside the commit (only the writer thread touches it;
         # a room is read from the table the first time a batch writes to it).
@@ -89,6 +107,7 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
         return conn
 
     def _open_sync(self) -> None:
+        _create_private(self.path)
         conn = self._connect()
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -111,6 +130,11 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
         # disk. They run on their own connection and thread instead (see _checkpoints).
         conn.execute("PRAGMA wal_autocheckpoint=0")
         self._writer = conn
+        for _ in range(self._read_threads):
+            reader = self._connect()
+            reader.execute("PRAGMA query_only=ON")
+            self._idle_readers.append(reader)
+        self._checkpointer = self._connect()
 
     async def close(self) -> None:
         """Commit what is queued, then close. Safe to call twice."""
@@ -122,6 +146,10 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
         writer = self._writer
         if writer is not None:
             await trio.to_thread.run_sync(writer.close, limiter=self._writes)
+        for conn in [*self._idle_readers, *([self._checkpointer] if self._checkpointer else [])]:
+            conn.close()
+        self._idle_readers.clear()
+        self._checkpointer = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -135,23 +163,17 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
     async def _checkpoints(self, interval: float = 1.0) -> None:
         """Move committed pages from the WAL into the database now and then, off the commit path. A
         PASSIVE checkpoint never blocks the writer; the WAL starts over once one has caught up."""
-        conn: sqlite3.Connection | None = None
         last = -1
-        try:
-            while True:
-                await trio.sleep(interval)
-                if self.commits == last:
-                    continue
-                last = self.commits
-                if conn is None:
-                    conn = await trio.to_thread.run_sync(self._connect)
-                try:
-                    await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("checkpoint failed: %s", exc)
-        finally:
-            if conn is not None:
-                conn.close()
+        while True:
+            await trio.sleep(interval)
+            conn = self._checkpointer
+            if self.commits == last or conn is None:
+                continue
+            last = self.commits
+            try:
+                await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("checkpoint failed: %s", exc)
 
     def _next_seq(self, conn: sqlite3.Connection, numbers: dict[int, int], room_id: int) -> int:
         last = numbers.get(room_id)
@@ -246,22 +268,19 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
 
     # --- reads ----------------------------------------------------------------------------------
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
-        return conn
-
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
+        async with self._reads:  # as many readers as connections: one is always free here
+            conn = self._idle_readers.pop()
             try:
-                return op(self._reader())
-            except sqlite3.Error as exc:
-                raise StoreError(f"could not read the database: {exc}") from exc
+                def run() -> T:
+                    try:
+                        return op(conn)
+                    except sqlite3.Error as exc:
+                        raise StoreError(f"could not read the database: {exc}") from exc
 
-        return await trio.to_thread.run_sync(run, limiter=self._reads)
+                return await trio.to_thread.run_sync(run)
+            finally:
+                self._idle_readers.append(conn)
 
     # --- users ----------------------------------------------------------------------------------
 
@@ -284,8 +303,16 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
 
         return await self.read(op)
 
-    async def list_users(self) -> list[UserRecord]:
-        return await self.read(lambda c: [_user(r) for r in c.execute("SELECT * FROM users ORDER BY name_key")])
+    async def list_users(self, *, after: str | None = None, limit: int | None = None) -> list[UserRecord]:
+        def op(conn: sqlite3.Connection) -> list[UserRecord]:
+            rows = conn.execute("SELECT * FROM users WHERE name_key > ? ORDER BY name_key LIMIT ?",
+                                ((after or "").lower(), -1 if limit is None else limit))
+            return [_user(r) for r in rows]
+
+        return await self.read(op)
+
+    async def count_users(self) -> int:
+        return await self.read(lambda c: c.execute("SELECT COUNT(*) FROM users").fetchone()[0])
 
     _USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
 
@@ -343,6 +370,13 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
         return await self.read(op)
 
     # --- room history ---------------------------------------------------------------------------
+
+    async def room_seqs(self) -> dict[int, int]:
+        def op(conn: sqlite3.Connection) -> dict[int, int]:
+            # One pass over the primary key (room_id, seq): the last row of each room.
+            return dict(conn.execute("SELECT room_id, MAX(seq) FROM events GROUP BY room_id").fetchall())
+
+        return await self.read(op)
 
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
         self.submit(None, lambda seq, error: on_commit(seq or 0, error), _event_row(event))
