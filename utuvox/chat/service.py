@@ -33,7 +33,7 @@ from .listing import SortedKeys
 from .passwords import Passwords
 from .rejoin import Rejoins
 from .rooms import Room
-from .session import Identity, Peer, Session
+from .session import Identity, Peer, Session, let_others_in
 from .wire import Wire
 
 log = logging.getLogger("utuvox.chat")
@@ -638,10 +638,20 @@ class Chat:
         # Stored before it is delivered, for both people: each can page the conversation later. A
         # guest's conversations are not kept (a guest's name is not theirs once they leave).
         if not me.guest and not (targets and targets[0].user and targets[0].user.guest):
-            seq = await self.store.add_private(ts=event.ts.timestamp(), sender=me.name, recipient=to,
-                                               body=event.model_dump_json(exclude_none=True))
-            event = event.model_copy(update={"seq": seq})
-        self.deliver_private(event, session)
+            # The recipients' next requests wait for this delivery (Session.take_incoming).
+            waiting = self.sessions_of(to)
+            for target in waiting:
+                target.incoming_started()
+            try:
+                seq = await self.store.add_private(ts=event.ts.timestamp(), sender=me.name, recipient=to,
+                                                   body=event.model_dump_json(exclude_none=True))
+                event = event.model_copy(update={"seq": seq})
+                self.deliver_private(event, session)
+            finally:
+                for target in waiting:
+                    target.incoming_done()
+        else:
+            self.deliver_private(event, session)
         if remote:
             self.elsewhere.tell("private_message", event=event.model_dump(mode="json"))
         return p.Ok(re=req.id, seq=event.seq)
@@ -845,6 +855,7 @@ class Chat:
         return p.HelpReply(re=req.id, commands=commands, admin_commands=admin)
 
     async def _ping(self, session: Session, req: p.Ping) -> Reply:
+        await let_others_in()
         return p.Pong(re=req.id)
 
     async def _quit(self, session: Session, req: p.Quit) -> None:

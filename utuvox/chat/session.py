@@ -39,6 +39,15 @@ class Peer(Protocol):
         """Say goodbye with ``reason`` and close the connection once what is queued is sent."""
 
 
+async def let_others_in() -> None:
+    """Let the connections that are ready run before answering a ping. Clients sync by pinging after
+    someone else spoke ("did what they sent reach me?"), and data that arrived on two sockets in the same
+    instant is run in an order trio deliberately varies; two turns of the loop take in what came with the
+    ping and what came just behind it, so its pong follows them."""
+    for _ in range(2):
+        await trio.lowlevel.checkpoint()
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     name: str
@@ -52,6 +61,7 @@ class Identity:
 
 
 _ids = itertools.count(1)
+INCOMING_WAIT = 1.0  # seconds a request waits at most for private messages on their way to its session
 
 
 @dataclass(eq=False)
@@ -79,6 +89,7 @@ class Session:
     # and acknowledged, or failed). Both only grow, so "everything written so far" is a number to wait for.
     writes_started: int = 0
     writes_settled: int = 0
+    incoming: int = 0  # private messages to this session being stored, not yet delivered
     _settle_wait: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, repr=False)
 
     @property
@@ -101,6 +112,22 @@ class Session:
         target = self.writes_started if upto is None else upto
         while target - self.writes_settled >= below:
             await self._settle_wait.park()
+
+    def incoming_started(self) -> None:
+        """A private message to this session is being stored; it is delivered once it is."""
+        self.incoming += 1
+
+    def incoming_done(self) -> None:
+        self.incoming -= 1
+        self._settle_wait.unpark_all()
+
+    async def take_incoming(self) -> None:
+        """Wait until the private messages already on their way to this session are delivered: a request
+        it makes afterwards (a PING, say) is then answered after them, as the senders, who sent first,
+        expect. Bounded, so that a stream of messages to it cannot hold its requests back."""
+        with trio.move_on_after(INCOMING_WAIT):
+            while self.incoming:
+                await self._settle_wait.park()
 
     @property
     def current_room(self) -> str | None:

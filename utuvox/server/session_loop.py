@@ -132,8 +132,11 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
             await _answer(session, outbox, Error(re=exc.re, code=exc.code, message=exc.message,
                                                  retry_after=exc.retry_after), request)
             continue
-        if session.unacked and not request.pipelined:
-            await session.settle()
+        if not request.pipelined:
+            if session.unacked:
+                await session.settle()
+            if session.incoming:
+                await session.take_incoming()
         try:
             reply = await chat.handle(session, request)
         except ProtocolError as exc:

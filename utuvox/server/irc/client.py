@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import trio
 
 from utuvox.chat.service import Chat
-from utuvox.chat.session import Session
+from utuvox.chat.session import Session, let_others_in
 from utuvox.protocol import ProtocolError, Reply, Request
 from utuvox.protocol import admin as a
 from utuvox.protocol import core as p
@@ -466,6 +466,7 @@ class IrcClient:
         if not line.params:
             self.num(n.ERR_NEEDMOREPARAMS, "PING", "Not enough parameters")
             return
+        await let_others_in()
         self.send("PONG", render.SERVER_NAME, line.params[0])
 
     async def cmd_pong(self, line: Line) -> None:
