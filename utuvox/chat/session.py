@@ -129,6 +129,14 @@ class Session:
             while self.incoming:
                 await self._settle_wait.park()
 
+    async def catch_up(self) -> None:
+        """Before a request that is not pipelined: its answer is to follow the answers to the session's
+        earlier writes and the private messages already on their way to it (one session, one order)."""
+        if self.unacked:
+            await self.settle()
+        if self.incoming:
+            await self.take_incoming()
+
     @property
     def current_room(self) -> str | None:
         return self.rooms[-1] if self.rooms else None

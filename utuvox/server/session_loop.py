@@ -133,10 +133,7 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
                                                  retry_after=exc.retry_after), request)
             continue
         if not request.pipelined:
-            if session.unacked:
-                await session.settle()
-            if session.incoming:
-                await session.take_incoming()
+            await session.catch_up()
         try:
             reply = await chat.handle(session, request)
         except ProtocolError as exc:

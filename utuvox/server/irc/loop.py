@@ -55,8 +55,8 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
                 line = parse(text)
             except LineError:
                 continue
-            if session.unacked and not _pipelined(line.command, line.param(0)):
-                await session.settle()
+            if not _pipelined(line.command, line.param(0)):
+                await session.catch_up()
             try:
                 await client.handle(line)
             except Exception:
