@@ -33,29 +33,15 @@ from .conftest import running_server
 TIMEOUT = 10
 
 
-class RawIrc:
-    """A bare IRC connection (as ``nc`` would be), for what the frameworks hide."""
+class RawIrc(TextLines):
+    """A bare IRC connection (as ``nc`` would be), for what the frameworks hide: the text client's line
+    reading, with CRLF."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = b""
-
-    @classmethod
-    async def connect(cls, port: int) -> RawIrc:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
-
-    async def send(self, *lines: str) -> None:
+    async def send(self, *lines: str) -> None:  # type: ignore[override]
         await self.stream.send_all("".join(line + "\r\n" for line in lines).encode())
 
     async def line(self, timeout: float = TIMEOUT) -> str:
-        with trio.fail_after(timeout):
-            while b"\n" not in self.buf:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    raise EOFError("connection closed")
-                self.buf += data
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line.decode().rstrip("\r")
+        return (await self.recv_line(timeout)).rstrip("\r")
 
     async def expect(self, pred: Callable[[str], bool] | str, timeout: float = TIMEOUT) -> str:
         check = (lambda text: pred in text) if isinstance(pred, str) else pred
@@ -69,9 +55,6 @@ class RawIrc:
         """Register; the line that ended it (001, an ERROR, a 433 or 465)."""
         await self.send(*pre, f"NICK {nick}", f"USER {nick} 0 * :{nick} here")
         return await self.expect(lambda t: any(f" {n} " in t for n in ("001", "433", "465")) or t.startswith("ERROR"))
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 class Bot(irc.bot.SingleServerIRCBot):  # type: ignore[misc]
