@@ -150,7 +150,7 @@ async def test_non_admins_get_forbidden_over_tcp_websocket_and_text(server, conn
 
     # Nothing happened: bob is not banned, the room is there, and the admin log is empty of actions.
     assert not (await server.store.get_user("bob")).banned
-    assert "general" in server.chat.rooms
+    assert server.chat.has_room("general")
     assert [r.action for r in await admin_rows(server)] == []
 
 
@@ -232,7 +232,7 @@ async def test_delete_room_runs_the_cleanup_hooks(server) -> None:
     async def cleanup(room) -> None:
         deleted.append(room.name)
 
-    server.chat.on_room_deleted.append(cleanup)
+    server.chat.when_room_deleted(cleanup)
     op = await operator(server)
     assert (await op.request("delete_room", room="nope"))["code"] == "no_such_room"
     js = await JsonLines.connect(server.tcp_port)

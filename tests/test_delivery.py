@@ -13,6 +13,7 @@ import trio
 from utuvox.chat.admin_key import AdminKey
 from utuvox.chat.bus import LocalBus
 from utuvox.chat.config import ChatConfig
+from utuvox.chat.handlers import CORE
 from utuvox.chat.rooms import Room
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Identity, Session
@@ -90,10 +91,11 @@ async def test_own_events_wait_behind_another_node_s_and_a_lost_doorbell_is_caug
         stores: tuple[PostgresStore, PostgresStore], tmp_path: Path) -> None:
     here, there = stores
     chat = Chat(here, LocalBus(), ChatConfig(), AdminKey(tmp_path / "key"))
+    chat.register(CORE)
     cluster = Cluster(chat, here, Silent(), "here")
     record = await here.create_room("lobby", None)
     await chat.start()
-    room = chat.rooms["lobby"]
+    room = chat.room("lobby")
     member = Member()
     session = Session(member, "tcp", "test")  # type: ignore[arg-type]
     session.user = Identity("watcher", False, False)
@@ -124,9 +126,10 @@ async def test_a_room_nobody_here_follows_is_not_read_and_a_join_still_sees_all(
         stores: tuple[PostgresStore, PostgresStore], tmp_path: Path) -> None:
     here, there = stores
     chat = Chat(here, LocalBus(), ChatConfig(), AdminKey(tmp_path / "key"))
+    chat.register(CORE)
     record = await here.create_room("quiet", None)
     await chat.start()
-    room: Room = chat.rooms["quiet"]
+    room: Room = chat.room("quiet")
     async with trio.open_nursery() as nursery:
         await nursery.start(chat.delivery.run)
         for text in "abc":
@@ -147,6 +150,7 @@ async def test_a_session_s_answers_keep_its_order_when_one_room_waits_for_anothe
         stores: tuple[PostgresStore, PostgresStore], tmp_path: Path) -> None:
     here, there = stores
     chat = Chat(here, LocalBus(), ChatConfig(), AdminKey(tmp_path / "key"))
+    chat.register(CORE)
     slow = await here.create_room("slow", None)
     await here.create_room("fast", None)
     await chat.start()

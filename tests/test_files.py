@@ -460,15 +460,11 @@ async def test_deleting_a_room_deletes_its_files(server, connect_json, tmp_path:
         assert (await upload(alice, "general", os.urandom(1000 + i)))["type"] == "uploaded"
     assert len(uploads(tmp_path)) == 4
     chat = server.chat
-    room = chat.rooms["general"]
-    room.deleted = True  # as the deletion of a room does: drop it, delete it from the store, run the hooks
-    del chat.rooms["general"]
-    await chat.store.delete_room(room.id)
-    for hook in chat.on_room_deleted:
-        await hook(room)
+    room = chat.room("general")
+    await chat.delete_room(room, "an admin")
     assert uploads(tmp_path) == [kept["name"]]
     assert await chat.store.list_files(room.id) == []
-    assert [f.name for f in await chat.store.list_files(chat.rooms["general_stuff"].id)] == [kept["name"]]
+    assert [f.name for f in await chat.store.list_files(chat.room("general_stuff").id)] == [kept["name"]]
 
 
 async def test_an_admin_deleting_a_room_deletes_its_files(server, connect_json, tmp_path: Path) -> None:
@@ -493,7 +489,7 @@ async def test_deleting_a_room_abandons_its_uploads(server, connect_json, tmp_pa
     data = os.urandom(500_000)
     ready = await begin(alice, "general", data)
     await send_chunks(alice, ready, data, stop=100_000)
-    room = server.chat.rooms["general"]
+    room = server.chat.room("general")
     await server.files.on_room_deleted(room)
     failed = await alice.recv_until(lambda f: f.get("type") == "upload_failed")
     assert failed["code"] == "no_such_room"
@@ -509,7 +505,7 @@ async def test_a_reader_that_stalls_is_paced_not_cut_off(server, connect_json) -
     await bob.send({"type": "download", "id": "dl", "name": done["name"]})
     await bob.recv_until(lambda f: f.get("re") == "dl")
     await trio.sleep(0.5)  # bob reads nothing meanwhile
-    [outbox] = [s.peer for s in server.chat.sessions.values() if s.user and s.user.name == "bob"]
+    [outbox] = [s.peer for s in server.chat.all_sessions() if s.user and s.user.name == "bob"]
     assert server.files.downloads_in_progress == 1  # waiting for bob, not done and not dropped
     assert outbox._queued_bytes <= 2 * 1024 * 1024 and not outbox.closing
     got = bytearray()
@@ -530,7 +526,7 @@ async def test_deleting_a_room_stops_its_downloads(server, connect_json) -> None
     await bob.send({"type": "download", "id": "dl", "name": done["name"]})
     start = await bob.recv_until(lambda f: f.get("re") == "dl")
     # bob reads nothing for now: the server stops at what the socket and a paced queue hold.
-    await server.files.on_room_deleted(server.chat.rooms["general"])
+    await server.files.on_room_deleted(server.chat.room("general"))
     end = await bob.recv_until(lambda f: f.get("download_id") == start["download_id"]
                                and f["type"] != "download_chunk", timeout=30)
     assert end["type"] == "download_failed" and end["code"] == "no_such_room", end

@@ -392,13 +392,13 @@ async def test_a_websocket_client_that_never_reads_is_cut_off(tmp_path: Path) ->
         await stuck.send_all(ws_text(b'{"type": "register", "username": "stuck", "password": "pw"}'))
         await stuck.send_all(ws_text(b'{"type": "join", "room": "general"}'))
         with trio.fail_after(TIMEOUT):
-            while not any(s.user and s.user.name == "stuck" and s.rooms for s in srv.chat.sessions.values()):
+            while not any(s.user and s.user.name == "stuck" and s.rooms for s in srv.chat.all_sessions()):
                 await trio.sleep(0.01)
         # From here the WebSocket client reads nothing; alice goes on talking.
         body = "z" * 3000
         with trio.fail_after(30):
             sent = 0
-            while any(s.transport == "ws" for s in srv.chat.sessions.values()):
+            while any(s.transport == "ws" for s in srv.chat.all_sessions()):
                 for _ in range(50):
                     await sender.send({"type": "message", "text": f"{sent} {body}", "id": sent})
                     sent += 1
@@ -419,7 +419,7 @@ async def test_a_websocket_that_does_not_answer_pings_is_dropped(tmp_path: Path)
             while b"\x89" not in received:  # a ping frame (opcode 9), which this client leaves unanswered
                 received += await mute.receive_some(65536)
         with trio.fail_after(TIMEOUT):
-            while any(s.transport == "ws" for s in srv.chat.sessions.values()):
+            while any(s.transport == "ws" for s in srv.chat.all_sessions()):
                 await trio.sleep(0.05)
         async with open_ws(srv.ws_port) as ws:  # a real client answers pings and stays
             await login_json(ws, "talker")

@@ -1,35 +1,33 @@
 """Administration: the admin requests of operators (the admin socket) and of admin users in chat.
 
-Both places call the same handlers, installed into :attr:`Chat.handlers` by :func:`install`. Every
+Both places call the same handlers, registered as commands (:meth:`Administration.commands`). Every
 action that changes something or reads people's conversations is written to the admin log (who, what,
 target, outcome) whatever its outcome, and is announced to the other operators on the admin socket. No
 password or key ever reaches the admin log or the server's log: only the fact that one changed.
 
-``tail`` is an operator's subscription to every room's events: :class:`TapBus` wraps the chat's bus and
-hands each published event to the tapping sessions too, so rooms created later are covered without any
-bookkeeping.
+``tail`` is an operator's subscription to every room's events (:meth:`Chat.tap`): rooms created later
+are covered without any bookkeeping.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from utuvox.protocol import Code, ProtocolError, Reply, iso, utc_now
+from utuvox.protocol import Code, ProtocolError, Reply, as_datetime, iso, utc_now
 from utuvox.protocol import admin as a
 from utuvox.protocol import core as p
 from utuvox.store import Conflict, StoreError
 
-from .bus import Bus
+from .commands import Audit
 from .elsewhere import Elsewhere, SingleNode
 from .rooms import Room
-from .service import Chat
-from .session import Identity, Session
+from .service import Call, Chat, Command, Handler
+from .session import Session
 from .wire import Wire
 
 log = logging.getLogger("utuvox.admin")
@@ -38,116 +36,76 @@ RATE_WINDOW = 10  # seconds over which stats reports rates
 VIEW_HISTORY_DEFAULT = 100  # events view_room_history shows when no limit is given
 
 
-class TapBus:
-    """A :class:`Bus` that also delivers every published event to the sessions tailing it.
-
-    ``taps`` maps a tailing session to the room key it follows, or ``None`` for every room. A session
-    that is a member of the room gets the event once, as a member.
-    """
-
-    def __init__(self, inner: Bus) -> None:
-        self.inner = inner
-        self.taps: dict[Session, str | None] = {}
-
-    def subscribe(self, room_key: str, session: Session) -> None:
-        self.inner.subscribe(room_key, session)
-
-    def unsubscribe(self, room_key: str, session: Session) -> None:
-        self.inner.unsubscribe(room_key, session)
-
-    def publish(self, room_key: str, wire: Wire) -> None:
-        self.inner.publish(room_key, wire)
-        if self.taps:
-            for session in self.tapping(room_key):
-                session.peer.deliver(wire)
-
-    def members(self, room_key: str) -> Iterable[Session]:
-        return self.inner.members(room_key)
-
-    def drop_room(self, room_key: str) -> list[Session]:
-        return self.inner.drop_room(room_key)
-
-    def tapping(self, room_key: str) -> list[Session]:
-        """The tailing sessions that follow ``room_key`` and are not members of it."""
-        return [s for s, only in tuple(self.taps.items())
-                if (only is None or only == room_key) and all(r.lower() != room_key for r in s.rooms)]
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything else (counters such as ``deliveries``) is the inner bus's.
-        return getattr(self.inner, name)
 
 
-@dataclass
-class Audit:
-    """What an action tells the admin log besides who and what: the target, and a detail without secrets."""
+class _AuditLog:
+    """The admin log around an action: written whatever the outcome, and told to the other operators
+    when ``notify`` and the action succeeded."""
 
-    target: str | None = None
-    detail: str | None = None
+    def __init__(self, admin: Administration, *, notify: bool) -> None:
+        self.admin = admin
+        self.notify = notify
 
-
-Action = Callable[[Session, Any, Audit], Awaitable[Reply | None]]
+    async def audited(self, call: Call, request: Any, handler: Handler) -> Reply | None:
+        session = call.session
+        call.audit.target = getattr(request, "username", None) or getattr(request, "room", None)
+        outcome = "ok"
+        try:
+            return await handler(call, request)
+        except ProtocolError as exc:
+            outcome = exc.code
+            raise
+        except StoreError:
+            outcome = Code.STORAGE
+            raise
+        except trio.Cancelled:
+            outcome = "interrupted"
+            raise
+        except Exception:
+            outcome = Code.INTERNAL
+            raise
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                await self.admin.record(session.actor, session.transport, request.type, call.audit, str(outcome))
+            if self.notify and outcome == "ok":
+                self.admin.tell_operators(a.AdminAction(actor=session.actor, action=request.type,
+                                                        target=call.audit.target, detail=call.audit.detail),
+                                          besides=session)
 
 
 class Administration:
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
-        self.bus = TapBus(chat.bus)
-        chat.bus = self.bus
         self.closed_sessions = 0
         self.closed_bytes = 0
         self._samples: deque[tuple[float, int, int]] = deque(maxlen=RATE_WINDOW + 1)
         # Figures of the I/O shell for ``stats`` (slow consumers cut off, descriptors): set by the server.
         self.server_figures: Callable[[], dict[str, int]] = dict
-        chat.on_disconnect.append(self._on_disconnect)
-        # (request type, action, written to the admin log, announced to the other operators)
-        for kind, action, logged, notify in [
-            ("delete_room", self._delete_room, True, True),
-            ("add_user", self._add_user, True, True),
-            ("edit_user", self._edit_user, True, True),
-            ("view_users", self._view_users, False, False),
-            ("view_room_history", self._view_room_history, True, False),
-            ("ban_user", self._ban_user, True, True),
-            ("unban_user", self._unban_user, True, True),
-            ("change_admin_key", self._change_admin_key, True, True),
-            ("who", self._who, False, False),
-            ("kick", self._kick, True, True),
-            ("announce", self._announce, True, True),
-            ("stats", self._stats, False, False),
-            ("admin_log", self._admin_log, False, False),
-            ("tail", self._tail, True, False),
-            ("untail", self._untail, False, False),
-        ]:  # fmt: skip
-            chat.handlers[kind] = self._audited(kind, action, logged=logged, notify=notify)
+        chat.when_disconnected(self._on_disconnect)
+
+    def commands(self) -> list[Command]:
+        """The admin requests: written to the admin log (``logged``), and told to the other operators too
+        (``told``), or neither (reads of figures)."""
+        logged, told = _AuditLog(self, notify=False), _AuditLog(self, notify=True)
+        return [
+            Command(a.DeleteRoom, self._delete_room, audit=told),
+            Command(a.AddUser, self._add_user, audit=told),
+            Command(a.EditUser, self._edit_user, audit=told),
+            Command(a.ViewUsers, self._view_users),
+            Command(a.ViewRoomHistory, self._view_room_history, audit=logged),
+            Command(a.BanUser, self._ban_user, audit=told),
+            Command(a.UnbanUser, self._unban_user, audit=told),
+            Command(a.ChangeAdminKey, self._change_admin_key, audit=told),
+            Command(a.Who, self._who),
+            Command(a.Kick, self._kick, audit=told),
+            Command(a.Announce, self._announce, audit=told),
+            Command(a.Stats, self._stats),
+            Command(a.AdminLogQuery, self._admin_log),
+            Command(a.Tail, self._tail, audit=logged),
+            Command(a.Untail, self._untail),
+        ]
 
     # --- the admin log --------------------------------------------------------------------------
-
-    def _audited(self, kind: str, action: Action, *, logged: bool, notify: bool) -> Callable[..., Any]:
-        async def handler(session: Session, req: Any) -> Reply | None:
-            audit = Audit(target=getattr(req, "username", None) or getattr(req, "room", None))
-            outcome = "ok"
-            try:
-                return await action(session, req, audit)
-            except ProtocolError as exc:
-                outcome = exc.code
-                raise
-            except StoreError:
-                outcome = Code.STORAGE
-                raise
-            except trio.Cancelled:
-                outcome = "interrupted"
-                raise
-            except Exception:
-                outcome = Code.INTERNAL
-                raise
-            finally:
-                if logged:
-                    with trio.CancelScope(shield=True), trio.move_on_after(10):
-                        await self.record(session.actor, session.transport, kind, audit, str(outcome))
-                    if notify and outcome == "ok":
-                        self.tell_operators(a.AdminAction(actor=session.actor, action=kind, target=audit.target,
-                                                          detail=audit.detail), besides=session)
-
-        return handler
 
     async def record(self, actor: str, via: str, action: str, audit: Audit, outcome: str) -> None:
         """One row of the admin log (and one line of the server's log). Never raises for a storage error."""
@@ -171,7 +129,7 @@ class Administration:
 
     def _tell_operators_here(self, event: a.AdminAction, besides: Session | None = None) -> None:
         wire = Wire(event)
-        for session in tuple(self.chat.sessions.values()):
+        for session in self.chat.all_sessions():
             if session.transport == "admin" and session is not besides:
                 session.peer.deliver(wire)
 
@@ -183,9 +141,9 @@ class Administration:
         chat = self.chat
 
         def room_deleted(m: dict[str, Any]) -> None:
-            room = chat.rooms.get(str(m["name"]).lower())
+            room = chat.room_here(str(m["name"]))
             if room is not None and room.id == m["id"]:
-                self._remove_here(room, str(m["by"]))
+                chat.remove_room_here(room, str(m["by"]))
 
         def ban(m: dict[str, Any]) -> None:
             for victim in chat.sessions_of(m["user"]):
@@ -193,7 +151,7 @@ class Administration:
 
         def kick(m: dict[str, Any]) -> None:
             if m.get("session") is not None:
-                victim = chat.sessions.get(int(m["session"])) if m["at"] == elsewhere.node else None
+                victim = chat.session(int(m["session"])) if m["at"] == elsewhere.node else None
                 victims = [victim] if victim is not None else []
             else:
                 victims = chat.sessions_of(m["user"])
@@ -202,7 +160,7 @@ class Administration:
 
         def announce(m: dict[str, Any]) -> None:
             event = p.Announcement.model_validate(m["event"])
-            room = chat.rooms.get(event.room.lower()) if event.room else None
+            room = chat.room_here(event.room) if event.room else None
             if event.room is None or room is not None:
                 self._announce_here(event, room)
 
@@ -222,61 +180,21 @@ class Administration:
         elsewhere.on("admin_action", lambda m: self._tell_operators_here(a.AdminAction.model_validate(m["event"])))
         vanished = getattr(elsewhere, "on_room_vanished", None)
         if vanished is not None:
-            vanished.append(lambda room: self._remove_here(room, "an admin"))
+            vanished.append(lambda room: chat.remove_room_here(room, "an admin"))
 
     # --- rooms ----------------------------------------------------------------------------------
 
-    def _remove_here(self, room: Room, by: str) -> list[Session]:
-        """The room is gone: from here on nothing new is published to it and nobody can enter it; its
-        members on this node are told and removed. Returns them."""
-        chat = self.chat
-        room.deleted = True  # from here on nothing new is published to it, nobody can enter it
-        chat.drop_room(room)
-        chat.delivery.forget(room)
-        wire = Wire(p.RoomDeleted(room=room.name, by=by))
-        members = self.bus.drop_room(room.key)
-        for session in [*members, *self.bus.tapping(room.key)]:
-            session.peer.deliver(wire)
-        for session in members:
-            if room.name in session.rooms:
-                session.rooms.remove(room.name)
-                chat.elsewhere.changed(session)
-        for session, only in tuple(self.bus.taps.items()):
-            if only == room.key:
-                del self.bus.taps[session]
-        return members
-
-    async def delete_room(self, room: Room, by: str) -> None:
-        """Delete a room with its history, even with members inside (on every node): they are told and
-        removed. A room created later under the same name starts fresh."""
-        chat = self.chat
-        members = self._remove_here(room, by)
-        try:
-            await chat.store.delete_room(room.id)
-        except StoreError:
-            # Still stored, so it still exists (empty of members); the caller reports the failure.
-            room.deleted = False
-            if room.key not in chat.rooms:
-                chat.add_room(room)
-            raise
-        chat.elsewhere.tell("room_deleted", id=room.id, name=room.name, by=by)
-        log.info("room %s deleted by %s (%d sessions removed here)", room.name, by, len(members))
-        for hook in chat.on_room_deleted:
-            try:
-                await hook(room)
-            except Exception:
-                log.exception("cleanup after deleting room %s failed", room.name)
-
-    async def _delete_room(self, session: Session, req: a.DeleteRoom, audit: Audit) -> Reply:
+    async def _delete_room(self, call: Call, req: a.DeleteRoom) -> Reply:
+        session, audit = call.session, call.audit
         room = self.chat.room(req.room)
         audit.target = room.name
         await self.still_operator(session)
-        await self.delete_room(room, session.actor)
+        await self.chat.delete_room(room, session.actor)
         return p.Ok(re=req.id, room=room.name)
 
-    async def _view_room_history(self, session: Session, req: a.ViewRoomHistory, audit: Audit) -> Reply:
+    async def _view_room_history(self, call: Call, req: a.ViewRoomHistory) -> Reply:
         room = self.chat.room(req.room)
-        audit.target = room.name
+        call.audit.target = room.name
         limit = min(req.limit or VIEW_HISTORY_DEFAULT, self.chat.config.history_page_max)
         events, more = await self.chat.history_page(room, req.before, limit)
         return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
@@ -298,7 +216,8 @@ class Administration:
             raise ProtocolError(Code.NO_SUCH_USER, f"User '{name}' does not exist.")
         return user
 
-    async def _add_user(self, session: Session, req: a.AddUser, audit: Audit) -> Reply:
+    async def _add_user(self, call: Call, req: a.AddUser) -> Reply:
+        session, audit = call.session, call.audit
         store = self.chat.store
         if await store.get_user(req.username) is not None:
             raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
@@ -312,7 +231,8 @@ class Administration:
         audit.detail = f"admin={user.is_admin}, bot={user.is_bot}"
         return p.Ok(re=req.id)
 
-    async def _edit_user(self, session: Session, req: a.EditUser, audit: Audit) -> Reply:
+    async def _edit_user(self, call: Call, req: a.EditUser) -> Reply:
+        session, audit = call.session, call.audit
         user = await self._user(req.username)
         audit.target = user.name
         changes: dict[str, Any] = {}
@@ -344,29 +264,26 @@ class Administration:
         return p.Ok(re=req.id)
 
     def _update_sessions_here(self, name: str, is_admin: bool, is_bot: bool, by: str, admin_changed: bool) -> None:
-        identity = Identity(name, is_admin, is_bot)
-        for live in self.chat.sessions_of(name):
-            live.user = identity  # takes effect at once, for the next request
+        for live in self.chat.reidentify(name, is_admin, is_bot):  # takes effect at once, for the next request
             if admin_changed:
                 old, new = ("a regular user", "an admin") if is_admin else ("an admin", "a regular user")
                 live.peer.send(p.Notice(text=f"Your status has changed from {old} to {new} by admin '{by}'."))
-                if not live.is_operator:
-                    self.bus.taps.pop(live, None)
 
-    async def _view_users(self, session: Session, req: a.ViewUsers, audit: Audit) -> Reply:
+    async def _view_users(self, call: Call, req: a.ViewUsers) -> Reply:
         elsewhere = self.chat.elsewhere
         size = self.chat.page_size(req.limit)
         records = await self.chat.store.list_users(after=req.after, limit=size + 1)
         page = records[:size]
         users = [
             a.AccountInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot, banned=u.banned, ban_reason=u.ban_reason,
-                          created_at=u.created_at, sessions=len(self.chat.by_user.get(u.name.lower(), ()))
+                          created_at=as_datetime(u.created_at), sessions=len(self.chat.sessions_of(u.name))
                           + len(elsewhere.sessions_of(u.name.lower())))
             for u in page
         ]
         return a.UserTable(re=req.id, users=users, next=page[-1].name.lower() if len(records) > size else None)
 
-    async def _ban_user(self, session: Session, req: a.BanUser, audit: Audit) -> Reply:
+    async def _ban_user(self, call: Call, req: a.BanUser) -> Reply:
+        session, audit = call.session, call.audit
         user = await self._user(req.username)
         audit.target = user.name
         if session.user is not None and session.user.key == user.name.lower():
@@ -382,7 +299,8 @@ class Administration:
                         + f"{ended + len(elsewhere)} session(s) disconnected")
         return p.Ok(re=req.id)
 
-    async def _unban_user(self, session: Session, req: a.UnbanUser, audit: Audit) -> Reply:
+    async def _unban_user(self, call: Call, req: a.UnbanUser) -> Reply:
+        session, audit = call.session, call.audit
         user = await self._user(req.username)
         audit.target = user.name
         if not user.banned:
@@ -392,7 +310,8 @@ class Administration:
             await self.chat.store.update_user(user.name, banned=False, ban_reason=None)
         return p.Ok(re=req.id)
 
-    async def _change_admin_key(self, session: Session, req: a.ChangeAdminKey, audit: Audit) -> Reply:
+    async def _change_admin_key(self, call: Call, req: a.ChangeAdminKey) -> Reply:
+        session, audit = call.session, call.audit
         audit.target = None
         await self.still_operator(session)
         try:
@@ -405,19 +324,19 @@ class Administration:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    async def _who(self, session: Session, req: a.Who, audit: Audit) -> Reply:
+    async def _who(self, call: Call, req: a.Who) -> Reply:
         """Every session of every node, a page at a time: this node's first (by id), then the others' (as they
         last told; with several nodes the whole list comes in one page)."""
         await trio.lowlevel.checkpoint()
         elsewhere = self.chat.elsewhere
         node = elsewhere.node or None
         single = isinstance(elsewhere, SingleNode)
-        size = self.chat.page_size(req.limit) if single else len(self.chat.sessions) + 1
+        size = self.chat.page_size(req.limit) if single else self.chat.session_count() + 1
         # Session ids only grow, so the dict (in insertion order) is in id order already.
         after = req.after or 0
         chosen: list[Session] = []
         more = False
-        for s in self.chat.sessions.values():
+        for s in self.chat.all_sessions():
             if s.id <= after:
                 continue
             if len(chosen) == size:
@@ -427,7 +346,7 @@ class Administration:
         sessions = [
             a.SessionInfo(id=s.id, user=s.user.name if s.user else None, is_admin=bool(s.user and s.user.is_admin),
                           transport=s.transport, address=s.address, rooms=list(s.rooms), connected_at=s.connected_at,
-                          operator=s.operator, tailing=s in self.bus.taps,
+                          operator=s.operator, tailing=self.chat.is_tapping(s),
                           bytes_sent=getattr(s.peer, "bytes_sent", 0), queued_bytes=getattr(s.peer, "pending_bytes", 0),
                           node=node)
             for s in chosen
@@ -435,16 +354,18 @@ class Administration:
         if not single:
             sessions += [
                 a.SessionInfo(id=r.id, user=r.user, is_admin=r.is_admin, transport=r.transport, address=r.address,
-                              rooms=list(r.rooms), connected_at=r.connected_at, operator=r.operator, node=r.node)
+                              rooms=list(r.rooms), connected_at=as_datetime(r.connected_at), operator=r.operator,
+                              node=r.node)
                 for r in sorted(elsewhere.sessions(), key=lambda r: (r.node, r.id))
             ]
         return a.SessionList(re=req.id, sessions=sessions, next=chosen[-1].id if more else None)
 
-    async def _kick(self, session: Session, req: a.Kick, audit: Audit) -> Reply:
+    async def _kick(self, call: Call, req: a.Kick) -> Reply:
+        audit = call.audit
         reason = "You have been kicked by an admin" + (f": {req.reason}" if req.reason else ".")
         elsewhere = self.chat.elsewhere
         if req.session is not None:
-            victim = self.chat.sessions.get(req.session)
+            victim = self.chat.session(req.session)
             audit.target = f"#{req.session}"
             remote = [r for r in elsewhere.sessions() if r.id == req.session]
             if victim is None and remote:
@@ -476,7 +397,8 @@ class Administration:
         audit.detail = (f"reason: {req.reason}; " if req.reason else "") + f"{count} session(s)"
         return a.Kicked(re=req.id, user=name, count=count)
 
-    async def _announce(self, session: Session, req: a.Announce, audit: Audit) -> Reply:
+    async def _announce(self, call: Call, req: a.Announce) -> Reply:
+        session, audit = call.session, call.audit
         if len(req.text) > self.chat.config.max_message_chars:
             raise ProtocolError(Code.TOO_LONG,
                                 f"Message is longer than {self.chat.config.max_message_chars} characters.")
@@ -492,31 +414,30 @@ class Administration:
     def _announce_here(self, event: p.Announcement, room: Room | None) -> None:
         wire = Wire(event)
         if room is None:
-            targets: Iterable[Session] = tuple(self.chat.sessions.values())
+            targets: Iterable[Session] = self.chat.all_sessions()
         else:
-            targets = [*self.bus.members(room.key), *self.bus.tapping(room.key)]
+            targets = [*self.chat.members(room.key), *self.chat.tapping(room.key)]
         for target in targets:
             target.peer.deliver(wire)
 
-    async def _tail(self, session: Session, req: a.Tail, audit: Audit) -> Reply:
+    async def _tail(self, call: Call, req: a.Tail) -> Reply:
         room = self.chat.room(req.room) if req.room else None
-        audit.target = room.name if room else None
-        self.bus.taps[session] = room.key if room else None
+        call.audit.target = room.name if room else None
+        self.chat.tap(call.session, room)
         return p.Ok(re=req.id, room=room.name if room else None)
 
-    async def _untail(self, session: Session, req: a.Untail, audit: Audit) -> Reply:
-        self.bus.taps.pop(session, None)
+    async def _untail(self, call: Call, req: a.Untail) -> Reply:
+        self.chat.untap(call.session)
         return p.Ok(re=req.id)
 
     async def _on_disconnect(self, session: Session) -> None:
-        self.bus.taps.pop(session, None)
         self.closed_sessions += 1
         self.closed_bytes += getattr(session.peer, "bytes_sent", 0)
 
     # --- statistics -----------------------------------------------------------------------------
 
     def bytes_sent(self) -> int:
-        return self.closed_bytes + sum(getattr(s.peer, "bytes_sent", 0) for s in self.chat.sessions.values())
+        return self.closed_bytes + sum(getattr(s.peer, "bytes_sent", 0) for s in self.chat.all_sessions())
 
     async def sample_rates(self, *, interval: float = 1.0) -> None:
         """Run in the server's nursery: a sample a second, so ``stats`` can report recent rates."""
@@ -532,35 +453,41 @@ class Administration:
         elapsed = max(trio.current_time() - then, 1e-3)
         return (messages - old_messages) / elapsed, (sent - old_sent) / elapsed
 
-    async def _stats(self, session: Session, req: a.Stats, audit: Audit) -> Reply:
+    async def _stats(self, call: Call, req: a.Stats) -> Reply:
         chat = self.chat
         by_transport: dict[str, int] = {}
-        for s in chat.sessions.values():
+        sessions = chat.all_sessions()
+        for s in sessions:
             by_transport[s.transport] = by_transport.get(s.transport, 0) + 1
         sent = self.bytes_sent()
-        queued = [getattr(s.peer, "pending_bytes", 0) for s in chat.sessions.values()]
+        queued = [getattr(s.peer, "pending_bytes", 0) for s in sessions]
         messages_rate, bytes_rate = self.rates(chat.messages_sent, sent)
+        figures = self.server_figures()
         now = utc_now()
         return a.ServerStats(
             re=req.id, started_at=chat.started_at, uptime=(now - chat.started_at).total_seconds(),
-            connections=len(chat.sessions), by_transport=by_transport,
-            connections_total=self.closed_sessions + len(chat.sessions),
-            users_online=len(chat.by_user), users_registered=await chat.store.count_users(),
-            rooms=len(chat.rooms), messages=chat.messages_sent, messages_per_second=round(messages_rate, 2),
+            connections=len(sessions), by_transport=by_transport,
+            connections_total=self.closed_sessions + len(sessions),
+            users_online=chat.users_online(), users_registered=await chat.store.count_users(),
+            rooms=chat.room_count(), messages=chat.messages_sent, messages_per_second=round(messages_rate, 2),
             bytes_sent=sent, bytes_per_second=round(bytes_rate, 1), node=chat.elsewhere.node or None,
             nodes=chat.elsewhere.nodes(),
-            queued_bytes=sum(queued), queued_bytes_max=max(queued, default=0), **self.server_figures(),
+            queued_bytes=sum(queued), queued_bytes_max=max(queued, default=0),
+            slow_consumers=figures.get("slow_consumers", 0), open_files=figures.get("open_files", 0),
+            max_open_files=figures.get("max_open_files", 0), refused_busy=figures.get("refused_busy", 0),
         )
 
-    async def _admin_log(self, session: Session, req: a.AdminLogQuery, audit: Audit) -> Reply:
+    async def _admin_log(self, call: Call, req: a.AdminLogQuery) -> Reply:
         rows = await self.chat.store.admin_log(actor=req.actor, action=req.action,
                                                since=iso(req.since) if req.since else None, limit=req.limit)
-        entries = [a.AdminLogEntry(id=r.id, ts=r.ts, actor=r.actor, via=r.via, action=r.action, target=r.target,
-                                   outcome=r.outcome, detail=r.detail) for r in rows]
+        entries = [a.AdminLogEntry(id=r.id, ts=as_datetime(r.ts), actor=r.actor, via=r.via, action=r.action,
+                                   target=r.target, outcome=r.outcome, detail=r.detail) for r in rows]
         return a.AdminLogPage(re=req.id, entries=entries)
 
 
 def install(chat: Chat) -> Administration:
-    """Add the admin requests to ``chat``; call right after creating it. The server runs
+    """Administration of ``chat``, its requests registered. The server runs
     :meth:`Administration.sample_rates` in its nursery and reports admin socket connections to it."""
-    return Administration(chat)
+    admin = Administration(chat)
+    chat.register(admin.commands())
+    return admin

@@ -6,11 +6,16 @@ through Redis or NATS pub/sub behind the same three calls. ``LocalBus`` is the i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from utuvox.protocol import Code
+
 from .session import Session
 from .wire import Wire
+
+log = logging.getLogger("utuvox.bus")
 
 
 class Bus(Protocol):
@@ -43,8 +48,14 @@ class LocalBus:
         if not members:
             return
         # A delivery may close a slow member, which unsubscribes it: iterate over a snapshot.
-        for deliver in tuple(members.values()):
-            deliver(wire)
+        for session, deliver in tuple(members.items()):
+            try:
+                deliver(wire)
+            except Exception:
+                # One member's failure must not cost the others the event; the member, who missed it,
+                # is let go rather than left with a gap in what it saw.
+                log.exception("delivering to session %d failed; closing it", session.id)
+                session.peer.close("The server could not deliver an event to you.", Code.INTERNAL)
         self.deliveries += len(members)
 
     def members(self, room_key: str) -> Iterable[Session]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from utuvox.protocol import Event
 from utuvox.protocol.schema import SERVER_FRAME
 from utuvox.store import Store, StoredEvent, StoreError
 
@@ -29,7 +30,10 @@ RETRY_DELAY = 0.5  # seconds before a failed catch-up query is tried again
 
 def stored_wire(stored: StoredEvent) -> Wire:
     """The wire of an event read back from the store (its body is the JSON members get)."""
-    return Wire.encoded(SERVER_FRAME.validate_json(stored.body), stored.body.encode() + b"\n")
+    event = SERVER_FRAME.validate_json(stored.body)
+    if not isinstance(event, Event):
+        raise ValueError(f"stored row {stored.seq} is not an event")
+    return Wire.encoded(event, stored.body.encode() + b"\n")
 
 
 class InOrder:
@@ -52,8 +56,7 @@ class InOrder:
             room.delivered = seq
             if seq > room.known:
                 room.known = seq
-            self.publish(room, wire)
-            on_done(seq, None)
+            self._out(room, wire, on_done)
         elif seq <= room.delivered:
             on_done(seq, None)  # already read back from the store and published
         else:
@@ -85,13 +88,26 @@ class InOrder:
         for seq, (_wire, on_done) in sorted(waiting.items()):
             on_done(seq, StoreError(f"room {room.name} was deleted"))
 
+    def _out(self, room: Room, wire: Wire, on_done: Delivered | None = None) -> None:
+        """Publish the room's next event, then tell whoever waits on it. The event is committed whatever
+        happens here: a failure to publish is logged and its sender still gets its answer, rather than a
+        committed message going unacknowledged and its session waiting for it for ever."""
+        try:
+            self.publish(room, wire)
+        except Exception:
+            log.exception("room %s: publishing event %d failed", room.name, room.delivered)
+        if on_done is not None:
+            try:
+                on_done(room.delivered, None)
+            except Exception:
+                log.exception("room %s: answering the sender of event %d failed", room.name, room.delivered)
+
     def _advance(self, room: Room) -> None:
         waiting = room.waiting
         while (item := waiting.pop(room.delivered + 1, None)) is not None:
             room.delivered += 1
             wire, on_done = item
-            self.publish(room, wire)
-            on_done(room.delivered, None)
+            self._out(room, wire, on_done)
         if waiting:
             room.known = max(room.known, max(waiting))
         if room.known > room.delivered:
@@ -142,13 +158,12 @@ class InOrder:
             item = room.waiting.pop(row.seq, None)
             room.delivered = row.seq
             if item is not None:
-                self.publish(room, item[0])
-                item[1](row.seq, None)
+                self._out(room, *item)
             else:
                 try:
                     wire = stored_wire(row)
                 except ValueError:
                     log.error("room %s: stored event %d cannot be read; skipped", room.name, row.seq)
                     continue
-                self.publish(room, wire)
+                self._out(room, wire)
         self._advance(room)

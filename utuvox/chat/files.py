@@ -1,6 +1,6 @@
 """File sharing: uploads in chunks, downloads by unique name, a room's file list. Rules, not sockets.
 
-:func:`install` registers the handlers and hooks on a :class:`~utuvox.chat.service.Chat` and returns the
+:func:`install` registers its commands and hooks on a :class:`~utuvox.chat.service.Chat` and returns the
 :class:`FileService`, whose :meth:`~FileService.run` must run in the server's nursery (it hosts the
 upload writers and the download streams, and cleans up at startup).
 
@@ -34,7 +34,6 @@ import re
 import secrets
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any, BinaryIO
 
 import trio
 
-from utuvox.protocol import Code, ProtocolError, Reply
+from utuvox.protocol import Code, ProtocolError, Reply, as_datetime
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 from utuvox.protocol.files import FileCode
@@ -50,7 +49,10 @@ from utuvox.protocol.safe_text import clean
 from utuvox.protocol.text_codec import size
 from utuvox.store import Conflict, FileRecord, StoreError
 
+from .commands import messages
+from .limits import charged
 from .rooms import Room
+from .service import Call, Chat, Command
 from .session import Session
 
 log = logging.getLogger("utuvox.files")
@@ -168,7 +170,7 @@ class _Download:
 
 
 class FileService:
-    def __init__(self, chat: Any, config: FileConfig) -> None:
+    def __init__(self, chat: Chat, config: FileConfig) -> None:
         self.chat = chat
         self.config = config
         self.io = trio.CapacityLimiter(config.io_threads)
@@ -185,6 +187,11 @@ class FileService:
     @property
     def uploads_in_progress(self) -> int:
         return sum(map(len, self.uploads.values()))
+
+    def in_progress(self, user_key: str) -> int:
+        """What the user's uploads still in progress count against today's volume."""
+        return sum(charged(up.size) for s in self.chat.sessions_of(user_key)
+                   for up in self.uploads.get(s.id, {}).values())
 
     @property
     def downloads_in_progress(self) -> int:
@@ -277,8 +284,8 @@ class FileService:
         for per in list(self.uploads.values()):
             for up in [u for u in per.values() if u.room is room or u.room.key == room.key]:
                 await self._abandon(up, _Failed(Code.NO_SUCH_ROOM, f"Room '{room.name}' was deleted."), notify=True)
-        for per in list(self.downloads.values()):
-            for dl in [d for d in per.values() if d.room_key == room.key]:
+        for downloads in list(self.downloads.values()):
+            for dl in [d for d in downloads.values() if d.room_key == room.key]:
                 dl.stopped = _Failed(Code.NO_SUCH_ROOM, f"Room '{room.name}' was deleted.")
                 dl.scope.cancel()
         records = await self.chat.store.delete_files_of_room(room.id)
@@ -319,11 +326,13 @@ class FileService:
 
     def _info(self, record: FileRecord) -> f.FileInfo:
         return f.FileInfo(name=record.name, original=record.original, room=record.room, size=record.size,
-                          sha256=record.sha256, uploader=record.uploader, uploaded_at=record.created_at)
+                          sha256=record.sha256, uploader=record.uploader,
+                          uploaded_at=as_datetime(record.created_at))
 
     # --- upload ---------------------------------------------------------------------------------
 
-    async def handle_upload(self, session: Session, req: f.Upload) -> Reply:
+    async def handle_upload(self, call: Call, req: f.Upload) -> Reply:
+        session = call.session
         cfg = self.config
         self._spawn(None)  # refuses at once if the service is not running
         room = self.chat.room(req.room)
@@ -341,8 +350,6 @@ class FileService:
             if users >= cfg.max_uploads_per_user:
                 raise ProtocolError(Code.LIMIT_REACHED, f"At most {cfg.max_uploads_per_user} uploads at once per "
                                                         "user; finish one first.")
-        # Every file posts an event to the room: it costs what a message costs.
-        self.chat.limits.check_message(session)
         if self.uploads_in_progress >= cfg.max_uploads_total:
             raise ProtocolError(Code.LIMIT_REACHED, "The server is busy with other uploads; try again shortly.")
         pending = sum(u.size - u.received for per in self.uploads.values() for u in per.values())
@@ -360,7 +367,8 @@ class FileService:
         log.info("upload %s by %s into %s: %r, %d bytes", upload_id, up.uploader, room.name, up.original, req.size)
         return f.UploadReady(re=req.id, upload_id=upload_id, chunk_size=cfg.chunk_size)
 
-    async def handle_chunk(self, session: Session, req: f.UploadChunk) -> Reply | None:
+    async def handle_chunk(self, call: Call, req: f.UploadChunk) -> Reply | None:
+        session = call.session
         up = self.uploads.get(session.id, {}).get(req.upload_id)
         if up is None:
             return self._answer_unknown(session, req)
@@ -477,7 +485,7 @@ class FileService:
             raise _Failed(FileCode.HASH_MISMATCH, "The data received does not match the SHA-256 announced; "
                                                   "the upload was not stored.")
         room = up.room
-        if room.deleted or self.chat.rooms.get(room.key) is not room:
+        if room.deleted or self.chat.room_here(room.key) is not room:
             raise _Failed(Code.NO_SUCH_ROOM, f"Room '{room.name}' was deleted; the upload was not stored.")
         # From here on the upload completes even if its connection drops: a file linked into uploads/
         # must get its row (or be removed), never be left half-way.
@@ -564,7 +572,8 @@ class FileService:
 
     # --- download -------------------------------------------------------------------------------
 
-    async def handle_download(self, session: Session, req: f.Download) -> None:
+    async def handle_download(self, call: Call, req: f.Download) -> None:
+        session = call.session
         cfg = self.config
         mine = self.downloads.setdefault(session.id, {})
         if len(mine) >= cfg.max_downloads_per_session:
@@ -576,7 +585,7 @@ class FileService:
             raise ProtocolError(FileCode.NO_SUCH_FILE, "No such file: not a valid file name.")
         path = self.path_of(req.name)
         record = await self.chat.store.get_file(req.name)
-        room = self.chat.rooms.get(record.room.lower()) if record is not None else None
+        room = self.chat.room_here(record.room) if record is not None else None
         if record is None or room is None:
             raise ProtocolError(FileCode.NO_SUCH_FILE, f"No such file: '{req.name}'.")
         self._check_member(session, room, "download its files")
@@ -643,7 +652,8 @@ class FileService:
 
     # --- list -----------------------------------------------------------------------------------
 
-    async def handle_list(self, session: Session, req: f.ListFiles) -> Reply:
+    async def handle_list(self, call: Call, req: f.ListFiles) -> Reply:
+        session = call.session
         room = self.chat.room(req.room) if req.room else self.chat.my_room(session, None)
         self._check_member(session, room, "list its files")
         records = await self.chat.store.list_files(room.id)
@@ -719,18 +729,40 @@ def _read_block(file: BinaryIO, block: int, chunk: int) -> list[tuple[str, int]]
 # --- installation ---------------------------------------------------------------------------------
 
 
-def install(chat: Any, config: FileConfig) -> FileService:
+class DailyVolume:
+    """The bytes each user may upload per day: an upload that would go over is refused before it starts
+    (counting the user's uploads in progress), and a finished one is charged."""
+
+    def __init__(self, service: FileService) -> None:
+        self.service = service
+        self.quota = service.chat.limits.uploads
+
+    def check(self, call: Call, request: Any) -> None:
+        user = call.session.user
+        if user is not None and isinstance(request, f.Upload):
+            self.quota.check(user.key, charged(request.size), self.service.in_progress(user.key))
+
+    def charge(self, call: Call, request: Any, reply: Reply | None) -> None:
+        user = call.session.user
+        if user is not None and isinstance(reply, f.Uploaded):
+            self.quota.add(user.key, charged(reply.size))
+
+
+def install(chat: Chat, config: FileConfig) -> FileService:
     """Register file sharing on ``chat``; run the returned service's :meth:`FileService.run` in a nursery."""
     service = FileService(chat, config)
-    chat.handlers["upload"] = service.handle_upload
-    chat.handlers["upload_chunk"] = service.handle_chunk
-    chat.handlers["download"] = service.handle_download
-    chat.handlers["list_files"] = service.handle_list
-    chat.on_disconnect.append(service.on_disconnect)
-    chat.on_room_deleted.append(service.on_room_deleted)
-    chat.files = service
+    volume = DailyVolume(service)
+    chat.register([
+        # Every file posts an event to the room: it costs what a message costs.
+        Command(f.Upload, service.handle_upload, rate=messages, quota=volume),
+        Command(f.UploadChunk, service.handle_chunk, quota=volume),
+        Command(f.Download, service.handle_download),
+        Command(f.ListFiles, service.handle_list),
+    ])
+    chat.when_disconnected(service.on_disconnect)
+    chat.when_room_deleted(service.on_room_deleted)
     return service
 
 
-__all__: Iterable[str] = ["FileConfig", "FileService", "display_original", "install", "is_unique_name",
+__all__ = ["FileConfig", "FileService", "display_original", "install", "is_unique_name",
                           "safe_component", "unique_name"]

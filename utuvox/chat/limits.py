@@ -26,18 +26,17 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from utuvox.protocol import Code, ProtocolError, Reply
+from utuvox.protocol import Code, ProtocolError
 from utuvox.protocol.text_codec import size as text_size
 
 from .session import Identity, Session
 
 if TYPE_CHECKING:
-    from .service import Chat
+    pass
 
 log = logging.getLogger("utuvox.limits")
 monotonic = time.monotonic
@@ -528,34 +527,7 @@ class Limits:
                                                     f"({self.cfg.max_sessions_per_user}); close one first.")
 
 
-# --- uploads (wrapping the file-sharing handlers) --------------------------------------------------
-
-
-Handler = Callable[[Session, Any], Awaitable[Reply | None]]
-
-
-def install_upload_quota(chat: Chat) -> None:
-    """Count the bytes each user uploads per day, refusing an upload that would go over. Call after
-    file sharing is installed: this wraps its ``upload`` and ``upload_chunk`` handlers."""
-    upload: Handler | None = chat.handlers.get("upload")
-    chunk: Handler | None = chat.handlers.get("upload_chunk")
-    if upload is None or chunk is None:
-        return
-    quota = chat.limits.uploads
-
-    async def checked_upload(session: Session, req: Any) -> Reply | None:
-        if session.user is not None:
-            quota.check(session.user.key, charged(req.size), _in_progress(chat, session.user.key))
-        return await upload(session, req)
-
-    async def counted_chunk(session: Session, req: Any) -> Reply | None:
-        reply = await chunk(session, req)
-        if session.user is not None and getattr(reply, "type", None) == "uploaded":
-            quota.add(session.user.key, charged(reply.size))  # type: ignore[union-attr]
-        return reply
-
-    chat.handlers["upload"] = checked_upload
-    chat.handlers["upload_chunk"] = counted_chunk
+# --- uploads ------------------------------------------------------------------------------------
 
 
 UPLOAD_CHARGE_MIN = 4096  # bytes an upload counts against the daily volume at least: a file is never free
@@ -567,12 +539,5 @@ def charged(size: int) -> int:
     return max(size, UPLOAD_CHARGE_MIN)
 
 
-def _in_progress(chat: Chat, user_key: str) -> int:
-    """Bytes announced by the user's uploads still in progress (they count against today's volume)."""
-    files = getattr(chat, "files", None)
-    uploads: dict[int, dict[str, Any]] = getattr(files, "uploads", {}) or {}
-    return sum(charged(up.size) for s in chat.sessions_of(user_key) for up in uploads.get(s.id, {}).values())
-
-
 __all__ = ["Limits", "LimitsConfig", "LoginThrottle", "Meter", "Rate", "SessionLimiter", "TokenBucket", "UploadQuota",
-           "UserLimiter", "address_key", "install_upload_quota"]
+           "UserLimiter", "address_key", "charged"]

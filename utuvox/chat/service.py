@@ -1,30 +1,33 @@
 """The chat domain: accounts, rooms, membership, messages, history. Rules, not sockets.
 
-A session hands :meth:`Chat.handle` a validated request; the answer is a reply (or ``None`` when the
-reply is sent later, as for a message, which is acknowledged only once committed). Events go out
-through the bus. Handlers for other capabilities (files, administration) register themselves in
-:attr:`Chat.handlers` from their own modules.
+:class:`Chat` holds the live state (rooms, sessions, who is signed in as whom, who tails what) behind
+methods, and the mechanisms every command shares: signing in, recording and publishing room events in
+order, holding answers in a session's order, deleting a room. A session hands :meth:`Chat.handle` a
+validated request; the command table (:mod:`utuvox.chat.commands`) says what the request needs and which
+handler answers it. The answer is a reply, or ``None`` when it is sent later (a message is acknowledged
+only once committed). Events go out through the bus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, utc_now
 from utuvox.protocol import core as p
 from utuvox.protocol.schema import SERVER_FRAME
-from utuvox.protocol.text_codec import COMMANDS
 from utuvox.store import Conflict, RoomRecord, Store, StoredEvent, StoreError, UserRecord
 
 from .admin_key import AdminKey
 from .bus import Bus
+from .commands import Audit, RateCheck
 from .config import ChatConfig
 from .delivery import InOrder
 from .elsewhere import Elsewhere, SingleNode
@@ -33,12 +36,94 @@ from .listing import SortedKeys
 from .passwords import Passwords
 from .rejoin import Rejoins
 from .rooms import Room
-from .session import Identity, Peer, Session, let_others_in
+from .session import Identity, Peer, Session
 from .wire import Wire
 
 log = logging.getLogger("utuvox.chat")
 
-Handler = Callable[[Session, Any], Awaitable[Reply | None]]
+SessionHook = Callable[[Session], Awaitable[None]]
+RoomHook = Callable[[Room], Awaitable[None]]
+
+
+
+# --- the command table ------------------------------------------------------------------------------
+#
+# A request reaches :meth:`Chat.handle`, which looks its type up in the table and applies the declared
+# steps in one place and one order: the server is not stopping; an operator, if the command is for
+# admins; a signed-in user, unless the request is anonymous; the rate bucket it draws from; the room it
+# acts in, which the session must be in; the quota it counts against; then the handler, inside the audit
+# (the admin log) if it has one. Features (files, administration) bring their commands as lists of
+# :class:`Command` and the server registers them; nothing else changes the chat.
+#
+# Adding a request type: its model in ``utuvox/protocol``, a handler (a function of a :class:`Call` and
+# the request; the core's are in :mod:`utuvox.chat.handlers`), and one :class:`Command` line in the
+# feature's list (``CORE`` in :mod:`utuvox.chat.handlers` for the core).
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One request being handled: the chat, the session that made it, and what the steps found."""
+
+    chat: Chat
+    session: Session
+    room: Room | None = None  # the room the request acts in, for commands that declare ``member``
+    audit: Audit = field(default_factory=Audit)
+
+
+Handler = Callable[[Call, Any], Awaitable[Reply | None]]
+
+
+class Quota(Protocol):
+    """A budget a request counts against: checked before the handler, charged after it succeeds."""
+
+    def check(self, call: Call, request: Any) -> None: ...
+
+    def charge(self, call: Call, request: Any, reply: Reply | None) -> None: ...
+
+
+class Auditor(Protocol):
+    """Runs an action and writes its outcome, whatever it is, to the admin log."""
+
+    async def audited(self, call: Call, request: Any, handler: Handler) -> Reply | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    request: type[Request]
+    handler: Handler
+    member: bool = False  # acts in the request's ``room`` (or the current room): the session must be in it
+    rate: RateCheck | None = None
+    quota: Quota | None = None
+    audit: Auditor | None = None
+
+    @property
+    def type(self) -> str:
+        return str(self.request.model_fields["type"].default)
+
+    @property
+    def admin(self) -> bool:
+        return bool(self.request.admin_only)
+
+    @property
+    def login(self) -> bool:
+        return not self.request.anonymous
+
+
+class CommandTable:
+    def __init__(self) -> None:
+        self._commands: dict[str, Command] = {}
+
+    def add(self, commands: Iterable[Command]) -> None:
+        for command in commands:
+            if command.type in self._commands:
+                raise ValueError(f"two commands for request type {command.type!r}")
+            self._commands[command.type] = command
+
+    def get(self, kind: str) -> Command | None:
+        return self._commands.get(kind)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._commands
 
 
 class Chat:
@@ -49,12 +134,15 @@ class Chat:
         self.admin_key = admin_key
         self.passwords = Passwords(config)
         self.limits = Limits(config.limits)
-        self.rooms: dict[str, Room] = {}
-        self.room_keys = SortedKeys()  # the keys of ``rooms``, for listings a page at a time
-        self.rooms_created: dict[str, int] = {}  # by user key: rooms they created that still exist
-        self.sessions: dict[int, Session] = {}
-        self.by_user: dict[str, dict[Session, None]] = {}
-        self.online_keys = SortedKeys()  # the keys of ``by_user``
+        self._commands = CommandTable()
+        self._rooms: dict[str, Room] = {}
+        self._room_keys = SortedKeys()  # the keys of ``_rooms``, for listings a page at a time
+        self._rooms_created: dict[str, int] = {}  # by user key: rooms they created that still exist
+        self._sessions: dict[int, Session] = {}
+        self._by_user: dict[str, dict[Session, None]] = {}
+        self._online_keys = SortedKeys()  # the keys of ``_by_user``
+        # Operators tailing rooms: the room key each follows, or None for every room.
+        self._taps: dict[Session, str | None] = {}
         # Accounts being changed (ban, password, admin status...), and a count of finished changes: a
         # login decides rights on the account as it is once no change is under way (settled_account).
         self._changing: dict[str, int] = {}
@@ -64,70 +152,71 @@ class Chat:
         self.messages_sent = 0
         # Set when the server shuts down: new requests are refused while the last ones are acknowledged, and
         # the sessions it closes are not people leaving (see rejoin.py).
-        self.stopping = False
+        self._stopping = False
         self.rejoins = Rejoins(config.rejoin_grace)
         # Other nodes of a cluster (none by default), and in-order delivery of what any node commits.
         self.elsewhere: Elsewhere = SingleNode()
         self._held: dict[Session, dict[int, Callable[[], None]]] = {}  # answers waiting for earlier ones
         self.delivery = InOrder(store, self.publish, self._followed)
-        self.handlers: dict[str, Handler] = {
-            "register": self._register,
-            "login": self._login,
-            "changepassword": self._change_password,
-            "create": self._create,
-            "join": self._join,
-            "leave": self._leave,
-            "message": self._message,
-            "msg": self._msg,
-            "history": self._history,
-            "private_history": self._private_history,
-            "topic": self._topic,
-            "list_all_users": self._list_all_users,
-            "list_users_in_room": self._list_users_in_room,
-            "list_all_rooms": self._list_all_rooms,
-            "whoami": self._whoami,
-            "whereami": self._whereami,
-            "help": self._help,
-            "ping": self._ping,
-            "quit": self._quit,
-        }
-        # Called with (session) when a session ends, by capabilities that hold per-session state.
-        self.on_disconnect: list[Callable[[Session], Awaitable[None]]] = []
-        # Called with (room) after a room is deleted, by capabilities that keep things per room (files).
-        self.on_room_deleted: list[Callable[[Room], Awaitable[None]]] = []
+        # Run when a session ends / after a room is deleted, by capabilities that keep state per session
+        # or per room (files, administration).
+        self._on_disconnect: list[SessionHook] = []
+        self._on_room_deleted: list[RoomHook] = []
+
+    # --- what capabilities register ---------------------------------------------------------------
+
+    def register(self, commands: Iterable[Command]) -> None:
+        """Add request types this chat answers (the core's, files', administration's)."""
+        self._commands.add(commands)
+
+    def answers(self, kind: str) -> bool:
+        return kind in self._commands
+
+    def when_disconnected(self, hook: SessionHook) -> None:
+        self._on_disconnect.append(hook)
+
+    def when_room_deleted(self, hook: RoomHook) -> None:
+        self._on_room_deleted.append(hook)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop_taking_requests(self) -> None:
+        """The server is shutting down: every request from now on is refused."""
+        self._stopping = True
 
     async def start(self) -> None:
         """Load the rooms and how far their events go: two queries, however many rooms there are."""
         last = await self.store.room_seqs()
         for record in await self.store.list_rooms():
             await self.adopt_room(record, last.get(record.id, 0))
-        self.rejoins.started(self.rooms.values())
+        self.rejoins.started(self._rooms.values())
 
     async def close_rejoins(self) -> None:
         """Once the rejoin grace is over, store the leave of whoever was in a room at the last stop and has
         not come back (the server runs this in the background)."""
         await self.rejoins.wait_closed()
         await self.ensure_loaded_all()
-        for room in list(self.rooms.values()):
+        for room in list(self._rooms.values()):
             for name in self.rejoins.absentees(room):
                 if room.deleted or self.user_in_room(room, name):
                     continue
                 try:
-                    await self.record_and_wait(room, lambda seq, room=room, name=name: p.LeaveEvent(
-                        room=room.name, seq=seq, user=name))
+                    await self.record_and_wait(room, partial(_absent, room.name, name))
                 except StoreError as exc:
                     log.error("could not record %s leaving %s: %s", name, room.name, exc)
         self.rejoins.forget()
 
     async def ensure_loaded_all(self) -> None:
-        for room in list(self.rooms.values()):
+        for room in list(self._rooms.values()):
             await self.ensure_loaded(room)
 
     async def adopt_room(self, record: RoomRecord, last: int | None = None) -> Room:
         """The live state of a stored room, made on first sight (at start, or created by another node)."""
         if last is None:
             last = await self.store.last_seq(record.id)
-        room = self.rooms.get(record.name.lower())
+        room = self._rooms.get(record.name.lower())
         if room is None or room.id != record.id:
             room = Room(record.id, record.name, last, self.config.recent_cache,
                         created_by=record.created_by.lower() if record.created_by else None)
@@ -137,7 +226,7 @@ class Chat:
 
     async def find_room(self, name: str) -> Room:
         """The named room; one another node created may not have been heard of yet: ask the store."""
-        room = self.rooms.get(name.lower())
+        room = self._rooms.get(name.lower())
         if room is None and not isinstance(self.elsewhere, SingleNode):
             record = await self.store.get_room(name)
             if record is not None:
@@ -145,44 +234,45 @@ class Chat:
         return room if room is not None else self.room(name)  # (which says it does not exist)
 
     def add_room(self, room: Room) -> None:
-        old = self.rooms.get(room.key)
+        old = self._rooms.get(room.key)
         if old is not None:
             self.drop_room(old)
-        self.rooms[room.key] = room
-        self.room_keys.add(room.key)
+        self._rooms[room.key] = room
+        self._room_keys.add(room.key)
         if room.created_by is not None:
-            self.rooms_created[room.created_by] = self.rooms_created.get(room.created_by, 0) + 1
+            self._rooms_created[room.created_by] = self._rooms_created.get(room.created_by, 0) + 1
 
     def drop_room(self, room: Room) -> None:
         """Forget a deleted room (a later room of the same name is another room)."""
-        if self.rooms.get(room.key) is not room:
+        if self._rooms.get(room.key) is not room:
             return
-        del self.rooms[room.key]
-        self.room_keys.discard(room.key)
+        del self._rooms[room.key]
+        self._room_keys.discard(room.key)
         if room.created_by is not None:
-            left = self.rooms_created.get(room.created_by, 0) - 1
+            left = self._rooms_created.get(room.created_by, 0) - 1
             if left > 0:
-                self.rooms_created[room.created_by] = left
+                self._rooms_created[room.created_by] = left
             else:
-                self.rooms_created.pop(room.created_by, None)
+                self._rooms_created.pop(room.created_by, None)
 
     # --- sessions -------------------------------------------------------------------------------
 
     def connect(self, session: Session) -> None:
-        self.sessions[session.id] = session
+        self._sessions[session.id] = session
         self.limits.open(session)
 
     async def disconnect(self, session: Session) -> None:
         """The connection is gone: leave its rooms (telling the others) and forget it."""
-        self.sessions.pop(session.id, None)
+        self._sessions.pop(session.id, None)
+        self._taps.pop(session, None)
         self.limits.close(session)
-        for hook in self.on_disconnect:
+        for hook in self._on_disconnect:
             await hook(session)
         for room_name in list(session.rooms):
-            room = self.rooms.get(room_name.lower())
+            room = self._rooms.get(room_name.lower())
             if room is not None:
-                await self._part(session, room, session.quit_reason or "Connection closed", quit=True,
-                                 record=not self.stopping)
+                await self.part(session, room, session.quit_reason or "Connection closed", quit=True,
+                                 record=not self._stopping)
         session.rooms.clear()
         self._forget_user(session)
         self.elsewhere.gone(session)
@@ -190,17 +280,17 @@ class Chat:
     def _forget_user(self, session: Session) -> None:
         if session.user is None:
             return
-        sessions = self.by_user.get(session.user.key)
+        sessions = self._by_user.get(session.user.key)
         if sessions is not None:
             sessions.pop(session, None)
             if not sessions:
-                del self.by_user[session.user.key]
-                self.online_keys.discard(session.user.key)
+                del self._by_user[session.user.key]
+                self._online_keys.discard(session.user.key)
 
     def _sign_in(self, session: Session, identity: Identity) -> None:
         session.user = identity
-        self.by_user.setdefault(identity.key, {})[session] = None
-        self.online_keys.add(identity.key)
+        self._by_user.setdefault(identity.key, {})[session] = None
+        self._online_keys.add(identity.key)
         self.limits.signed_in(session, identity)
         self.elsewhere.changed(session)
 
@@ -218,7 +308,7 @@ class Chat:
             session.user = None
 
     def guest_holds(self, name: str) -> bool:
-        return any(s.user is not None and s.user.guest for s in self.by_user.get(name.lower(), ()))
+        return any(s.user is not None and s.user.guest for s in self._by_user.get(name.lower(), ()))
 
     # --- accounts changing while they are used --------------------------------------------------
 
@@ -260,7 +350,40 @@ class Chat:
         return len(victims)
 
     def sessions_of(self, username: str) -> list[Session]:
-        return list(self.by_user.get(username.lower(), ()))
+        return list(self._by_user.get(username.lower(), ()))
+
+    def session(self, session_id: int) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def all_sessions(self) -> tuple[Session, ...]:
+        """Every session on this node, in the order they connected (their ids grow)."""
+        return tuple(self._sessions.values())
+
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def users_online(self) -> int:
+        """Accounts (and guests) with a session on this node."""
+        return len(self._by_user)
+
+    def online_page(self, after: str | None, size: int) -> tuple[list[Identity], str | None]:
+        """Signed-in users on this node, a page at a time in name order, and the cursor of the next page."""
+        keys, next_key = self._online_keys.page(after, size)
+        users = []
+        for key in keys:
+            sessions = self._by_user.get(key)
+            user = next(iter(sessions)).user if sessions else None
+            if user is not None:
+                users.append(user)
+        return users, next_key
+
+    def signed_in_sessions(self) -> list[Session]:
+        """Every session here that is signed in (as an account or a guest)."""
+        return [s for sessions in self._by_user.values() for s in sessions]
+
+    def online_users(self) -> list[Identity]:
+        return [u for sessions in self._by_user.values() if sessions
+                for u in (next(iter(sessions)).user,) if u is not None]
 
     async def settle_user(self, session: Session) -> None:
         """Wait until the messages the session's user has sent so far, from any of its sessions, are
@@ -276,20 +399,34 @@ class Chat:
     # --- dispatch -------------------------------------------------------------------------------
 
     async def handle(self, session: Session, request: Request) -> Reply | None:
-        handler = self.handlers.get(request.type)
-        if handler is None:
+        """Answer a request: the steps its command declares, in this order, then its handler."""
+        command = self._commands.get(request.type)
+        if command is None:
             raise ProtocolError(Code.UNKNOWN_TYPE, f"Unknown type: {request.type}.")
-        if self.stopping:
+        if self._stopping:
             raise ProtocolError(Code.SHUTTING_DOWN, "The server is shutting down; nothing more is taken.")
-        if type(request).admin_only and not session.is_operator:
+        if command.admin and not session.is_operator:
             raise ProtocolError(Code.FORBIDDEN, "Permission denied: that command is for admins only.")
-        if not type(request).anonymous and session.user is None and session.transport != "admin":
+        if command.login and session.user is None and session.transport != "admin":
             raise ProtocolError(Code.NOT_LOGGED_IN, "You must log in first: /login <username> <password>.")
+        call = Call(self, session)
+        if command.rate is not None:
+            command.rate(self.limits, session, request)
+        if command.member:
+            call.room = self.my_room(session, getattr(request, "room", None))
+        if command.quota is not None:
+            command.quota.check(call, request)
         try:
-            return await handler(session, request)
+            if command.audit is not None:
+                reply = await command.audit.audited(call, request, command.handler)
+            else:
+                reply = await command.handler(call, request)
         except StoreError as exc:
             log.error("storage error on %s: %s", request.type, exc)
             raise ProtocolError(Code.STORAGE, "The server could not store that; nothing was changed.") from None
+        if command.quota is not None:
+            command.quota.charge(call, request, reply)
+        return reply
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -299,8 +436,25 @@ class Chat:
             raise ProtocolError(Code.NOT_LOGGED_IN, "You must log in first: /login <username> <password>.")
         return session.user
 
+    def room_here(self, name: str) -> Room | None:
+        """The named room as this node knows it, or ``None``."""
+        return self._rooms.get(name.lower())
+
+    def rooms_here(self) -> list[Room]:
+        return list(self._rooms.values())
+
+    def page_size(self, limit: int | None) -> int:
+        return min(limit or self.config.list_page_max, self.config.list_page_max)
+
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    def rooms_page(self, after: str | None, size: int) -> tuple[list[Room], str | None]:
+        keys, next_key = self._room_keys.page(after, size)
+        return [r for r in (self._rooms.get(k) for k in keys) if r is not None], next_key
+
     def room(self, name: str) -> Room:
-        room = self.rooms.get(name.lower())
+        room = self._rooms.get(name.lower())
         if room is None:
             raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{name}' does not exist. Create it with /create {name}.")
         return room
@@ -323,11 +477,19 @@ class Chat:
 
     def _followed(self, room: Room) -> bool:
         """Whether a session here gets the room's events (a member, or an operator tailing)."""
-        return any(True for _ in self.bus.members(room.key)) or bool(getattr(self.bus, "taps", None))
+        return any(True for _ in self.bus.members(room.key)) or bool(self._taps)
 
     def publish(self, room: Room, wire: Wire) -> None:
+        """A committed room event, in seq order: remembered for joins and recent pages, and sent out."""
         room.remember(wire.event)  # type: ignore[arg-type]
+        self.publish_once(room, wire)
+
+    def publish_once(self, room: Room, wire: Wire) -> None:
+        """Send an event to the room's members and to the operators tailing it."""
         self.bus.publish(room.key, wire)
+        if self._taps:
+            for session in self.tapping(room.key):
+                session.peer.deliver(wire)
 
     def record(self, room: Room, event: p.MessageEvent | p.JoinEvent | p.LeaveEvent | p.FileEvent,
                on_done: Callable[[int, BaseException | None], None] | None = None,
@@ -394,132 +556,70 @@ class Chat:
 
     # --- accounts -------------------------------------------------------------------------------
 
-    def _login_failed(self, session: Session, account: str | None) -> None:
+    def login_failed(self, session: Session, account: str | None) -> None:
         """A wrong password (or admin key): delays grow on every node, not just this one."""
         self.limits.login_failed(session, account)
         if session.transport != "admin":
             self.elsewhere.tell("login_failed", account=account.lower() if account else None,
                                 address=address_key(session.address))
 
-    def _login_succeeded(self, session: Session, account: str) -> None:
+    def login_succeeded(self, session: Session, account: str) -> None:
         self.limits.login_succeeded(session, account)
         if session.transport != "admin":
             self.elsewhere.tell("login_succeeded", account=account.lower(), address=address_key(session.address))
 
-    async def _register(self, session: Session, req: p.Register) -> Reply:
-        if session.user is not None:
-            raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
-        self.limits.check_login(session, None)
-        is_admin = False
-        if req.admin_key is not None:
-            if not self.admin_key.matches(req.admin_key):
-                self._login_failed(session, None)  # a guessed admin key is a guessed password
-                raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
-            is_admin = True
-        if await self.store.get_user(req.username) is not None or self.guest_holds(req.username):
-            raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.")
-        hashed = await self.passwords.hash(req.password, who=session.address)
-        if is_admin and not self.admin_key.matches(req.admin_key or ""):  # changed while hashing
-            raise ProtocolError(Code.FORBIDDEN, "Invalid admin key.")
-        try:
-            user = await self.store.create_user(req.username, hashed, is_admin=is_admin, is_bot=req.bot)
-        except Conflict:
-            raise ProtocolError(Code.NAME_TAKEN, f"Username '{req.username}' is already taken.") from None
-        # An admin may have banned or changed the new account already.
-        current = await self.settled_account(user.name)
-        if current is None or current.banned or current.password_hash != hashed:
-            raise ProtocolError(Code.AUTH_FAILED, "The account was changed while it was being created; log in.")
-        user = current
-        self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
-        log.info("registered %s (admin=%s, bot=%s) from %s", user.name, is_admin, req.bot, session.address)
-        if is_admin:
-            await self.store.add_admin_log(actor=user.name, via=session.transport, action="register_admin",
-                                           target=user.name, outcome="ok", detail=None)
-        return p.LoggedIn(re=req.id, user=user.name, is_admin=user.is_admin, is_bot=user.is_bot, registered=True)
-
-    async def _login(self, session: Session, req: p.Login) -> Reply:
-        if session.user is not None:
-            raise ProtocolError(Code.ALREADY_LOGGED_IN, f"You are already logged in as {session.user.name}.")
-        self.limits.check_login(session, req.username)
-        user = await self.store.get_user(req.username)
-        ok = await self.passwords.verify(user.password_hash if user else None, req.password, who=session.address)
-        if not ok or user is None:
-            log.info("failed login for %r from %s", req.username, session.address)
-            self._login_failed(session, req.username)
-            raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
-        verified = user.password_hash
-        if self.passwords.needs_rehash(verified):
-            verified = await self.passwords.hash(req.password, who=session.address)
-            async with self.changing_account(user.name):
-                await self.store.update_user(user.name, password_hash=verified)
-        # The hash took a while: decide on the account as it is now (a ban, a demotion or a new password
-        # made meanwhile applies), and sign in before the next await.
-        current = await self.settled_account(user.name)
-        if current is None or current.password_hash != verified:
-            log.info("login for %s from %s refused: the password changed meanwhile", user.name, session.address)
-            raise ProtocolError(Code.AUTH_FAILED, "Invalid username or password.")
-        user = current
-        self._login_succeeded(session, user.name)
-        if user.banned:
-            log.info("banned user %s refused from %s", user.name, session.address)
-            reason = f": {user.ban_reason}" if user.ban_reason else "."
-            raise ProtocolError(Code.BANNED, f"You are banned from this server{reason}")
-        self.limits.check_sessions(len(self.by_user.get(user.name.lower(), ()))
+    def sign_in(self, session: Session, user: UserRecord) -> None:
+        """The session acts as ``user`` from now on (checked by the caller against the account as it is)."""
+        self.limits.check_sessions(len(self._by_user.get(user.name.lower(), ()))
                                    + len(self.elsewhere.sessions_of(user.name.lower())))
         self._sign_in(session, Identity(user.name, user.is_admin, user.is_bot))
-        log.info("login %s from %s (%s)", user.name, session.address, session.transport)
-        return p.LoggedIn(re=req.id, user=user.name, is_admin=user.is_admin, is_bot=user.is_bot)
 
-    async def _change_password(self, session: Session, req: p.ChangePassword) -> Reply:
+    def reidentify(self, name: str, is_admin: bool, is_bot: bool) -> list[Session]:
+        """An account's rights changed: its sessions here act with the new ones from their next request.
+        Returns them. A session that is no longer an operator stops tailing."""
+        identity = Identity(name, is_admin, is_bot)
+        sessions = self.sessions_of(name)
+        for live in sessions:
+            live.user = identity
+            if not live.is_operator:
+                self._taps.pop(live, None)
+        return sessions
+
+    # --- rooms: entering and leaving ------------------------------------------------------------
+
+    def rooms_created_by(self, user_key: str) -> int:
+        return self._rooms_created.get(user_key, 0)
+
+    def has_room(self, name: str) -> bool:
+        return name.lower() in self._rooms
+
+    def check_join(self, session: Session, room: Room | None) -> None:
+        """Rates and caps before a session enters a room it is not in (``room=None``: a new one)."""
         me = self.identity(session)
-        self.limits.check_login(session, me.name)
-        user = await self.store.get_user(me.name)
-        if user is None or not await self.passwords.verify(user.password_hash, req.old_password, who=session.address):
-            self._login_failed(session, me.name)
-            raise ProtocolError(Code.AUTH_FAILED, "The old password is wrong.")
-        hashed = await self.passwords.hash(req.new_password, who=session.address)
-        async with self.changing_account(me.name):
-            await self.store.update_user(me.name, password_hash=hashed)
-            # Whoever else is signed in with the old password is signed out, as careful web apps do.
-            ended = self.end_sessions(me.name, "Your password was changed; log in again.", "password_changed",
-                                      besides=session)
-        log.info("password changed for %s (%d other session(s) ended)", me.name, ended)
-        return p.Ok(re=req.id)
+        joined = {r for s in self._by_user.get(me.key, ()) for r in s.rooms}
+        members = sum(1 for _ in self.bus.members(room.key)) if room is not None else 0
+        self.limits.check_join(session, joined, members)
 
-    # --- rooms ----------------------------------------------------------------------------------
-
-    async def _create(self, session: Session, req: p.Create) -> Reply:
+    async def create_room(self, session: Session, name: str) -> Room:
+        """A new room, created by the session's user (who then enters it)."""
         me = self.identity(session)
-        if req.room.lower() in self.rooms:
-            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.")
-        self._check_join(session, None)
-        self.limits.check_create(session, self.rooms_created.get(me.key, 0))
+        if name.lower() in self._rooms:
+            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.")
+        self.check_join(session, None)
+        self.limits.check_create(session, self._rooms_created.get(me.key, 0))
         try:
-            record = await self.store.create_room(req.room, me.name)
+            record = await self.store.create_room(name, me.name)
         except Conflict:
-            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{req.room}' already exists.") from None
+            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.") from None
         room = Room(record.id, record.name, 0, self.config.recent_cache, created_by=me.key)
         room.loaded = True
         self.add_room(room)
         self.elsewhere.tell("room_created", id=room.id, name=room.name)
         log.info("room %s created by %s", room.name, me.name)
-        joined = await self._enter(session, room, req)
-        return joined.model_copy(update={"created": True})
+        return room
 
-    async def _join(self, session: Session, req: p.Join) -> Reply:
-        room = await self.find_room(req.room)
-        if room.name not in session.rooms:
-            self._check_join(session, room)
-        return await self._enter(session, room, req)
-
-    def _check_join(self, session: Session, room: Room | None) -> None:
-        """Rates and caps before a session enters a room it is not in (``room=None``: a new one)."""
-        me = self.identity(session)
-        joined = {r for s in self.by_user.get(me.key, ()) for r in s.rooms}
-        members = sum(1 for _ in self.bus.members(room.key)) if room is not None else 0
-        self.limits.check_join(session, joined, members)
-
-    async def _enter(self, session: Session, room: Room, req: Request) -> p.Joined:
+    async def enter(self, session: Session, room: Room, req: Request) -> p.Joined:
+        """The session enters ``room`` (or, already in it, makes it its current room)."""
         me = self.identity(session)
         if room.name in session.rooms:
             session.rooms.remove(room.name)
@@ -539,10 +639,11 @@ class Chat:
             session.rooms.append(room.name)
             self.elsewhere.changed(session)
         recent = list(room.recent)[-self.config.join_history:]
-        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.delivered, **self._topic_of(room))
+        return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.delivered, **self.topic_of(room))
 
-    async def _part(self, session: Session, room: Room, reason: str | None = None, *, quit: bool = False,
-                    record: bool = True) -> None:
+    async def part(self, session: Session, room: Room, reason: str | None = None, *, quit: bool = False,
+                   record: bool = True) -> None:
+        """The session leaves ``room``; the others are told if its user has no other session there."""
         self.bus.unsubscribe(room.key, session)
         if room.name in session.rooms:
             session.rooms.remove(room.name)
@@ -558,32 +659,93 @@ class Chat:
             except StoreError as exc:
                 log.error("could not record %s leaving %s: %s", me.name, room.name, exc)
 
-    async def _leave(self, session: Session, req: p.Leave) -> Reply:
-        room = self.my_room(session, req.room)
-        await self._part(session, room, req.reason or None)
-        return p.Left(re=req.id, room=room.name, current=session.current_room)
+    def members(self, room_key: str) -> tuple[Session, ...]:
+        """The sessions here in the room (by its key)."""
+        return tuple(self.bus.members(room_key))
+
+    # --- topics ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def topic_of(room: Room) -> dict[str, Any]:
+        if room.topic is None:
+            return {}
+        return {"topic": room.topic, "topic_by": room.topic_by,
+                "topic_ts": datetime.fromtimestamp(room.topic_ts or 0, UTC)}
+
+    async def set_topic(self, session: Session, room: Room, topic: str | None) -> None:
+        me = self.identity(session)
+        now = utc_now()
+        await self.store.set_topic(room.id, topic, me.name, now.timestamp())
+        room.topic, room.topic_by, room.topic_ts = topic, me.name, now.timestamp()
+        nick = session.nick if session.nick and session.nick != me.name else None
+        self.publish_once(room, Wire(p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, nick=nick),
+                                     session))
+
+    # --- deleting rooms -------------------------------------------------------------------------
+
+    def remove_room_here(self, room: Room, by: str) -> list[Session]:
+        """The room is gone: from here on nothing new is published to it and nobody can enter it; its
+        members on this node (and operators tailing it) are told, and its members removed. Returns them."""
+        room.deleted = True
+        self.drop_room(room)
+        self.delivery.forget(room)
+        wire = Wire(p.RoomDeleted(room=room.name, by=by))
+        members = self.bus.drop_room(room.key)
+        for session in [*members, *self.tapping(room.key)]:
+            session.peer.deliver(wire)
+        for session in members:
+            if room.name in session.rooms:
+                session.rooms.remove(room.name)
+                self.elsewhere.changed(session)
+        for session, only in tuple(self._taps.items()):
+            if only == room.key:
+                del self._taps[session]
+        return members
+
+    async def delete_room(self, room: Room, by: str) -> None:
+        """Delete a room with its history, even with members inside (on every node): they are told and
+        removed. A room created later under the same name starts fresh."""
+        members = self.remove_room_here(room, by)
+        try:
+            await self.store.delete_room(room.id)
+        except StoreError:
+            # Still stored, so it still exists (empty of members); the caller reports the failure.
+            room.deleted = False
+            if room.key not in self._rooms:
+                self.add_room(room)
+            raise
+        self.elsewhere.tell("room_deleted", id=room.id, name=room.name, by=by)
+        log.info("room %s deleted by %s (%d sessions removed here)", room.name, by, len(members))
+        for hook in self._on_room_deleted:
+            try:
+                await hook(room)
+            except Exception:
+                log.exception("cleanup after deleting room %s failed", room.name)
+
+    # --- operators tailing rooms ----------------------------------------------------------------
+
+    def tap(self, session: Session, room: Room | None) -> None:
+        """The operator's session gets every event of ``room`` (or of every room) from now on."""
+        self._taps[session] = room.key if room is not None else None
+
+    def untap(self, session: Session) -> None:
+        self._taps.pop(session, None)
+
+    def is_tapping(self, session: Session) -> bool:
+        return session in self._taps
+
+    def tapping(self, room_key: str) -> list[Session]:
+        """The tailing sessions that follow ``room_key`` and are not members of it (they get it as members)."""
+        if not self._taps:
+            return []
+        return [s for s, only in tuple(self._taps.items())
+                if (only is None or only == room_key) and all(r.lower() != room_key for r in s.rooms)]
 
     # --- messages -------------------------------------------------------------------------------
 
-    async def _message(self, session: Session, req: p.Message) -> None:
-        me = self.identity(session)
-        self.limits.check_message(session)
-        room = self.my_room(session, req.room)
-        if not req.text.strip():
-            raise ProtocolError(Code.EMPTY, "Message is empty.")
-        if len(req.text) > self.config.max_message_chars:
-            raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
-        # Back-pressure first (a pipelining sender may only get so far ahead of the disk), then queue the
-        # event with no await in between: the store numbers it inside the commit, in the order queued.
-        if session.unacked >= self.config.max_unacked:
-            await session.settle(below=self.config.max_unacked)
-        if self.store.backlogged:
-            await self.store.wait_for_room()
-        if room.deleted:  # while this session waited above
-            raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
-        event = p.MessageEvent(ts=utc_now(), room=room.name, seq=0, user=me.name, text=req.text,
-                               action=True if req.action else None, notice=req.notice or None, tags=req.tags,
-                               **session.face())
+    def write(self, session: Session, room: Room, event: p.MessageEvent, req: Request) -> None:
+        """Queue a session's message for commit; its ``ok`` (or error) goes out once it is committed,
+        after the answers to the session's earlier writes."""
         peer = session.peer
         ticket = session.writes_started  # this write's place among the session's writes
         session.write_started()
@@ -598,80 +760,22 @@ class Chat:
                           req)
             session.write_settled()
 
-        def acknowledged(seq: int, error: BaseException | None) -> None:
-            if ticket == session.writes_settled and session not in self._held:
-                answer(seq, error)  # the next answer due: always so on one node
-            else:
-                self._hold(session, ticket, partial(answer, seq, error))
+        self.record(room, event, lambda seq, error: self.hold(session, ticket, partial(answer, seq, error)),
+                    session)
 
-        self.record(room, event, acknowledged, session)
-        return None
-
-    def _hold(self, session: Session, ticket: int, answer: Callable[[], None]) -> None:
+    def hold(self, session: Session, ticket: int, answer: Callable[[], None]) -> None:
         """Answer a session's writes in the order they were made. With several nodes, a message in one
         room may wait for another node's events (a gap) while the session's next message, in another
         room, is delivered at once: its answer waits here for the first."""
+        if ticket == session.writes_settled and session not in self._held:
+            answer()  # the next answer due: always so on one node
+            return
         held = self._held.setdefault(session, {})
         held[ticket] = answer
         while (due := held.pop(session.writes_settled, None)) is not None:
             due()
         if not held:
             del self._held[session]
-
-    async def _msg(self, session: Session, req: p.Msg) -> Reply:
-        me = self.identity(session)
-        self.limits.check_message(session)
-        if not req.text.strip():
-            raise ProtocolError(Code.EMPTY, "Message is empty.")
-        if len(req.text) > self.config.max_message_chars:
-            raise ProtocolError(Code.TOO_LONG, f"Message is longer than {self.config.max_message_chars} characters.")
-        targets = self.sessions_of(req.to)
-        remote = self.elsewhere.sessions_of(req.to.lower())
-        if not targets and not remote:
-            if await self.store.get_user(req.to) is None:
-                raise ProtocolError(Code.NO_SUCH_USER, f"User '{req.to}' does not exist.")
-            raise ProtocolError(Code.USER_OFFLINE, f"User '{req.to}' is not online.")
-        to = targets[0].user.name if targets and targets[0].user else (remote[0].user if remote else None) or req.to
-        await self.settle_user(session)
-        face = session.face()
-        event = p.PrivateMessage(user=me.name, to=to, text=req.text, notice=req.notice or None, tags=req.tags, **face)
-        # Stored before it is delivered, for both people: each can page the conversation later. A
-        # guest's conversations are not kept (a guest's name is not theirs once they leave).
-        if not me.guest and not (targets and targets[0].user and targets[0].user.guest):
-            # The recipients' next requests wait for this delivery (Session.take_incoming).
-            waiting = self.sessions_of(to)
-            for target in waiting:
-                target.incoming_started()
-            try:
-                seq = await self.store.add_private(ts=event.ts.timestamp(), sender=me.name, recipient=to,
-                                                   body=event.model_dump_json(exclude_none=True))
-                event = event.model_copy(update={"seq": seq})
-                self.deliver_private(event, session)
-            finally:
-                for target in waiting:
-                    target.incoming_done()
-        else:
-            self.deliver_private(event, session)
-        if remote:
-            self.elsewhere.tell("private_message", event=event.model_dump(mode="json"))
-        return p.Ok(re=req.id, seq=event.seq)
-
-    def hear_from(self, elsewhere: Elsewhere) -> None:
-        """Take what the other nodes of a cluster tell the chat: rooms they made, private messages to
-        users on this node, and failed logins (so login delays hold cluster-wide)."""
-        throttle = self.limits.throttle
-
-        def room_created(m: dict[str, Any]) -> None:
-            if m["name"].lower() not in self.rooms:
-                room = Room(int(m["id"]), m["name"], 0, self.config.recent_cache)
-                self.add_room(room)  # created elsewhere: counted against its creator there
-                room.loaded = True  # a new room: whatever it has, the doorbells bring
-
-        elsewhere.on("room_created", room_created)
-        elsewhere.on("private_message",
-                     lambda m: self.deliver_private(p.PrivateMessage.model_validate(m["event"])))
-        elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], monotonic()))
-        elsewhere.on("login_succeeded", lambda m: throttle.succeeded(m["account"], m["address"]))
 
     def deliver_private(self, event: p.PrivateMessage, origin: Session | None = None) -> None:
         """Hand a private message to the recipient's sessions on this node; and, when it was sent from
@@ -685,22 +789,24 @@ class Chat:
                 if other is not origin or origin.echo_private:
                     other.peer.deliver(wire)
 
-    async def _history(self, session: Session, req: p.History) -> Reply:
-        room = self.room(req.room) if req.room else self.my_room(session, None)
-        if room.name not in session.rooms and not session.is_operator:
-            raise ProtocolError(Code.NOT_IN_ROOM, f"Join room '{room.name}' to read its history.")
-        limit = min(req.limit or self.config.join_history, self.config.history_page_max)
-        if req.after is None and req.after_ts is None and req.before_ts is None:
-            events, more = await self.history_page(room, req.before, limit, peer=session.peer)
-            return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
-        after, before = req.after, req.before
-        if req.after_ts is not None:
-            after = max(after or 0, await self.seq_after(room, req.after_ts))
-        if req.before_ts is not None:
-            at = await self.store.seq_at(room.id, req.before_ts.timestamp())
-            before = at if before is None else min(before, at)
-        events, more = await self.room_events(room, after=after, before=before, limit=limit, latest=after is None)
-        return p.HistoryPage(re=req.id, room=room.name, events=events, more=more)
+    def hear_from(self, elsewhere: Elsewhere) -> None:
+        """Take what the other nodes of a cluster tell the chat: rooms they made, private messages to
+        users on this node, and failed logins (so login delays hold cluster-wide)."""
+        throttle = self.limits.throttle
+
+        def room_created(m: dict[str, Any]) -> None:
+            if m["name"].lower() not in self._rooms:
+                room = Room(int(m["id"]), m["name"], 0, self.config.recent_cache)
+                self.add_room(room)  # created elsewhere: counted against its creator there
+                room.loaded = True  # a new room: whatever it has, the doorbells bring
+
+        elsewhere.on("room_created", room_created)
+        elsewhere.on("private_message",
+                     lambda m: self.deliver_private(p.PrivateMessage.model_validate(m["event"])))
+        elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], monotonic()))
+        elsewhere.on("login_succeeded", lambda m: throttle.succeeded(m["account"], m["address"]))
+
+    # --- history --------------------------------------------------------------------------------
 
     async def seq_after(self, room: Room, ts: datetime) -> int:
         """The last sequence number at or before ``ts`` (events after it are strictly later)."""
@@ -722,55 +828,6 @@ class Chat:
         more = len(found) > limit
         found = found[-limit:] if latest else found[:limit]
         return [p.PrivateMessage.model_validate_json(m.body).model_copy(update={"seq": m.id}) for m in found], more
-
-    async def _private_history(self, session: Session, req: p.PrivateHistory) -> Reply:
-        me = self.identity(session)
-        user = await self.store.get_user(req.user)
-        if user is None:
-            raise ProtocolError(Code.NO_SUCH_USER, f"User '{req.user}' does not exist.")
-        limit = min(req.limit or self.config.join_history, self.config.history_page_max)
-        after, before = req.after, req.before
-        if req.after_ts is not None:
-            at = await self.store.private_id_at(me.name, user.name, req.after_ts.timestamp() + 1e-6)
-            after = max(after or 0, at - 1)
-        if req.before_ts is not None:
-            at = await self.store.private_id_at(me.name, user.name, req.before_ts.timestamp())
-            before = at if before is None else min(before, at)
-        messages, more = await self.private_events(me, user.name, after=after, before=before, limit=limit,
-                                                   latest=after is None)
-        return p.PrivateHistoryPage(re=req.id, user=user.name, messages=messages, more=more)
-
-    # --- topics ---------------------------------------------------------------------------------
-
-    @staticmethod
-    def _topic_of(room: Room) -> dict[str, Any]:
-        if room.topic is None:
-            return {}
-        return {"topic": room.topic, "topic_by": room.topic_by,
-                "topic_ts": datetime.fromtimestamp(room.topic_ts or 0, UTC)}
-
-    async def _topic(self, session: Session, req: p.Topic) -> Reply:
-        me = self.identity(session)
-        room = self.room(req.room)
-        if req.text is None:
-            info = self._topic_of(room)
-            return p.RoomTopic(re=req.id, room=room.name, topic=info.get("topic"), by=info.get("topic_by"),
-                               set_at=info.get("topic_ts"))
-        if room.name not in session.rooms and not session.is_operator:
-            raise ProtocolError(Code.NOT_IN_ROOM, f"You are not in room '{room.name}'.")
-        # A guest who created a room keeps its rights while it holds the name.
-        creator = room.created_by is not None and room.created_by.lower() == me.key
-        if not (creator or me.is_admin):
-            raise ProtocolError(Code.FORBIDDEN,
-                                f"Only the creator of room '{room.name}' or an admin may set its topic.")
-        topic = req.text or None
-        now = utc_now()
-        await self.store.set_topic(room.id, topic, me.name, now.timestamp())
-        room.topic, room.topic_by, room.topic_ts = topic, me.name, now.timestamp()
-        face = {"nick": session.nick} if session.nick and session.nick != me.name else {}
-        self.bus.publish(room.key, Wire(p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, **face),
-                                        session))
-        return p.Ok(re=req.id)
 
     async def history_page(self, room: Room, before: int | None, limit: int,
                            peer: Peer | None = None) -> tuple[list[Any], bool]:
@@ -799,70 +856,8 @@ class Chat:
                 await peer.reserve(cost)
         return events, more
 
-    # --- lists ----------------------------------------------------------------------------------
-
-    def page_size(self, limit: int | None) -> int:
-        return min(limit or self.config.list_page_max, self.config.list_page_max)
-
-    async def _list_all_users(self, session: Session, req: p.ListAllUsers) -> Reply:
-        await trio.lowlevel.checkpoint()  # pipelined listings take turns with everyone else's requests
-        size = self.page_size(req.limit)
-        if isinstance(self.elsewhere, SingleNode):
-            keys, next_key = self.online_keys.page(req.after, size)
-            users = []
-            for key in keys:
-                sessions = self.by_user.get(key)
-                u = next(iter(sessions)).user if sessions else None
-                if u is not None:
-                    users.append(p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot))
-            return p.UserList(re=req.id, users=users, next=next_key)
-        # Several nodes: everyone online anywhere, sorted here, then the page.
-        online = [next(iter(sessions)).user for sessions in self.by_user.values() if sessions]
-        seen = {u.key: p.UserInfo(name=u.name, is_admin=u.is_admin, is_bot=u.is_bot) for u in online if u}
-        for r in self.elsewhere.sessions():
-            if r.user is not None and r.user.lower() not in seen:
-                seen[r.user.lower()] = p.UserInfo(name=r.user, is_admin=r.is_admin, is_bot=r.is_bot)
-        after = (req.after or "").lower()
-        ordered = [seen[k] for k in sorted(seen) if k > after]
-        return p.UserList(re=req.id, users=ordered[:size],
-                          next=ordered[size - 1].name.lower() if len(ordered) > size else None)
-
-    async def _list_users_in_room(self, session: Session, req: p.ListUsersInRoom) -> Reply:
-        room = self.room(req.room) if req.room else self.my_room(session, None)
-        return p.UserList(re=req.id, room=room.name, users=self.unique_users(room))
-
-    async def _list_all_rooms(self, session: Session, req: p.ListAllRooms) -> Reply:
-        await trio.lowlevel.checkpoint()  # pipelined listings take turns with everyone else's requests
-        keys, next_key = self.room_keys.page(req.after, self.page_size(req.limit))
-        rooms = [p.RoomInfo(name=r.name, members=len(self.unique_users(r)))
-                 for r in (self.rooms.get(k) for k in keys) if r is not None]
-        return p.RoomList(re=req.id, rooms=rooms, next=next_key)
-
-    async def _whoami(self, session: Session, req: p.WhoAmI) -> Reply:
-        me = session.user
-        return p.WhoAmIReply(re=req.id, user=me.name if me else None, is_admin=bool(me and me.is_admin),
-                             is_bot=bool(me and me.is_bot))
-
-    async def _whereami(self, session: Session, req: p.WhereAmI) -> Reply:
-        return p.WhereAmIReply(re=req.id, room=session.current_room, rooms=list(session.rooms))
-
-    async def _help(self, session: Session, req: p.Help) -> Reply:
-        def line(usage: str, description: str) -> str:
-            return f"{usage} - {description}"
-
-        commands = [line(c.usage, c.description) for c in COMMANDS.values() if not c.admin]
-        admin = [line(c.usage, c.description) for c in COMMANDS.values() if c.admin] if session.is_operator else []
-        return p.HelpReply(re=req.id, commands=commands, admin_commands=admin)
-
-    async def _ping(self, session: Session, req: p.Ping) -> Reply:
-        await let_others_in()
-        return p.Pong(re=req.id)
-
-    async def _quit(self, session: Session, req: p.Quit) -> None:
-        # Like every request, a quit is handled once the messages sent before it are answered, so a client
-        # that says something and leaves knows it was stored.
-        session.peer.close("Goodbye.", "quit")
-        return None
+def _absent(room: str, user: str, seq: int) -> p.LeaveEvent:
+    return p.LeaveEvent(room=room, seq=seq, user=user)
 
 
 def _nothing(_seq: int, _error: BaseException | None) -> None:

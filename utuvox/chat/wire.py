@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from utuvox.protocol import Event, json_codec, text_codec
 from utuvox.protocol.core import MessageEvent
 from utuvox.protocol.irc import render as irc_render
 
-if TYPE_CHECKING:
-    from .session import Session
+
+class Origin(Protocol):
+    """The session whose request made an event, as far as rendering it for others goes."""
+
+    @property
+    def nick(self) -> str | None: ...
+
+    @property
+    def ident(self) -> str | None: ...
+
+    @property
+    def realname(self) -> str | None: ...
 
 
 class Wire:
     __slots__ = ("_framed", "_irc", "_text_here", "_text_there", "event", "json", "origin", "room")
 
-    def __init__(self, event: Event, origin: Session | None = None) -> None:
+    def __init__(self, event: Event, origin: Origin | None = None) -> None:
         self.event = event
         # The session whose request made the event: IRC shows a sender its own message only when it
         # asked for echo-message, and names the sender as that session does (nick!ident@host).
@@ -29,7 +39,7 @@ class Wire:
         self._framed: tuple[Callable[[bytes], bytes], bytes] | None = None
 
     @classmethod
-    def encoded(cls, event: Event, json: bytes, origin: Session | None = None) -> Wire:
+    def encoded(cls, event: Event, json: bytes, origin: Origin | None = None) -> Wire:
         """A wire for ``event`` whose JSON line is already made (numbered by the store, or read from it)."""
         wire = cls.__new__(cls)
         wire.event = event

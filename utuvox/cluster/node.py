@@ -135,7 +135,7 @@ class Cluster:
         self._send("doorbell", rooms=rooms)
 
     def _state(self) -> None:
-        sessions = [_describe(self.node, s) for s in self.chat.sessions.values()]
+        sessions = [_describe(self.node, s) for s in self.chat.all_sessions()]
         self._send("state", sessions=sessions)
 
     # --- receiving ------------------------------------------------------------------------------
@@ -193,8 +193,8 @@ class Cluster:
 
     def _room_by_id(self, room_id: int) -> Room | None:
         room = self._by_id.get(room_id)
-        if room is None or room.deleted or self.chat.rooms.get(room.key) is not room:
-            self._by_id = {r.id: r for r in self.chat.rooms.values()}
+        if room is None or room.deleted or self.chat.room_here(room.key) is not room:
+            self._by_id = {r.id: r for r in self.chat.rooms_here()}
             room = self._by_id.get(room_id)
         return room
 
@@ -225,7 +225,7 @@ class Cluster:
                 self._nursery.start_soon(self._leave, room_key, user)
 
     async def _leave(self, room_key: str, user: str) -> None:
-        room = self.chat.rooms.get(room_key)
+        room = self.chat.room_here(room_key)
         if room is None or room.deleted or self.chat.user_in_room(room, user):
             return
         try:
@@ -275,18 +275,18 @@ class Cluster:
             with trio.move_on_after(SWEEP):
                 await self._sweep_now.wait()
             self._sweep_now = trio.Event()
-            rooms = list(self.chat.rooms.values())  # before the query: a room made during it is not missing
+            rooms = list(self.chat.rooms_here())  # before the query: a room made during it is not missing
             try:
                 last = await self.store.last_seqs()
             except Exception as exc:
                 log.warning("could not compare rooms with the database: %s", exc)
                 continue
-            known = {r.id: r for r in self.chat.rooms.values()}
+            known = {r.id: r for r in self.chat.rooms_here()}
             for room_id, (name, seq) in last.items():
                 room = known.get(room_id)
                 if room is not None:
                     self.chat.delivery.heard(room, seq)
-                elif name.lower() not in self.chat.rooms:
+                elif not self.chat.has_room(name):
                     await self._adopt_now(name)
             for room in rooms:
                 if room.id not in last and not room.deleted:

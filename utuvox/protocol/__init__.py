@@ -4,7 +4,7 @@ This package imports nothing else of UtuVox; the server, the client SDK, the con
 speak through it.
 """
 
-from .base import Event, Frame, Reply, Request, iso, utc_now
+from .base import Event, Frame, Reply, Request, as_datetime, iso, utc_now
 from .errors import Code, ProtocolError
 
-__all__ = ["Code", "Event", "Frame", "ProtocolError", "Reply", "Request", "iso", "utc_now"]
+__all__ = ["Code", "Event", "Frame", "ProtocolError", "Reply", "Request", "as_datetime", "iso", "utc_now"]

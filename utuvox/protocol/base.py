@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 # Every integer a client sends is bounded: 2^53 is the largest a JavaScript client holds exactly, and far
 # below SQLite's 2^63 (an unbounded ``before`` of 2^63 used to reach the database and fail there).
@@ -21,10 +21,16 @@ Seq = Annotated[int, Field(ge=1, le=INT_MAX)]
 # A listing's page: at most ``limit`` entries after the cursor ``after`` (the ``next`` of the last page).
 PageLimit = Annotated[int, Field(ge=1, le=10_000)]
 Cursor = Annotated[str, StringConstraints(max_length=64)]
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_datetime(value: str | datetime) -> datetime:
+    """A time as stored (ISO 8601 text) read the way a model's ``datetime`` field reads it."""
+    return _DATETIME.validate_python(value)
 
 
 def iso(ts: datetime) -> str:

@@ -80,7 +80,7 @@ def chunk_size_for_frame(max_frame_bytes: int) -> int:
     return max(1, blocks) * 3072
 
 
-def encode_chunk(data: bytes) -> str:
+def encode_chunk(data: bytes | memoryview) -> str:
     """Raw bytes -> the ``data`` field of a chunk frame."""
     return _b64.b64encode(data).decode("ascii")
 

@@ -23,7 +23,8 @@ from utuvox.chat.bus import LocalBus
 from utuvox.chat.elsewhere import SingleNode
 from utuvox.chat.files import FileService
 from utuvox.chat.files import install as install_files
-from utuvox.chat.limits import address_key, install_upload_quota
+from utuvox.chat.handlers import CORE
+from utuvox.chat.limits import address_key
 from utuvox.chat.service import Chat
 from utuvox.protocol import json_codec, text_codec
 from utuvox.protocol.core import Goodbye
@@ -203,9 +204,9 @@ class Server:
         async with trio.open_nursery() as services:
             await services.start(self.flusher.run)
             self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
+            chat.register(CORE)
             await services.start(chat.delivery.run)
             self.files = await services.start(install_files(chat, s.file_config()).run)
-            install_upload_quota(chat)
             await services.start(self.watchdog.run)
             self.admin = admin.install(chat)
             self.admin.server_figures = self._figures
@@ -269,17 +270,17 @@ class Server:
         # New requests are refused from here; the messages already taken in are committed and
         # acknowledged before anyone is told goodbye, so every stored message gets its ``ok``. (A restart
         # is not everyone leaving: no leave is stored for these sessions.)
-        chat.stopping = True
+        chat.stop_taking_requests()
         with trio.move_on_after(self.settings.shutdown_grace):
             assert self.store is not None
             await self.store.flush()
-            while any(s.unacked for s in chat.sessions.values()):
+            while any(s.unacked for s in chat.all_sessions()):
                 await trio.sleep(0.01)
         await trio.lowlevel.checkpoint()  # let the flusher write the last acknowledgements
-        for session in list(chat.sessions.values()):
+        for session in chat.all_sessions():
             session.peer.close("Server shutting down.", "shutdown")
         with trio.move_on_after(self.settings.shutdown_grace):
-            while chat.sessions:
+            while chat.session_count():
                 await trio.sleep(0.02)
         sessions.cancel_scope.cancel()
 

@@ -437,15 +437,15 @@ class IrcClient:
             self.send("MODE", me, "+B", source=self.source)
 
     def lusers(self) -> None:
-        users = len(self.chat.by_user)
+        users = self.chat.users_online()
         self.registry.max_users = most = max(self.registry.max_users, users)
         invisible = sum(1 for c in self.registry.registered() if c.invisible)
-        unknown = sum(1 for s in self.chat.sessions.values() if s.user is None)
-        ops = sum(1 for sessions in self.chat.by_user.values() for s in sessions if s.user and s.user.is_admin)
+        unknown = sum(1 for s in self.chat.all_sessions() if s.user is None)
+        ops = sum(1 for s in self.chat.signed_in_sessions() if s.user and s.user.is_admin)
         self.num(n.RPL_LUSERCLIENT, f"There are {users - invisible} users and {invisible} invisible on 1 server(s)")
         self.num(n.RPL_LUSEROP, str(ops), "IRC Operators online")
         self.num(n.RPL_LUSERUNKNOWN, str(unknown), "unregistered connections")
-        self.num(n.RPL_LUSERCHANNELS, str(len(self.chat.rooms)), "channels formed")
+        self.num(n.RPL_LUSERCHANNELS, str(self.chat.room_count()), "channels formed")
         self.num(n.RPL_LUSERME, f"I have {users} clients and 0 servers")
         self.num(n.RPL_LOCALUSERS, str(users), str(most), f"Current local users {users}, max {most}")
         self.num(n.RPL_GLOBALUSERS, str(users), str(most), f"Current global users {users}, max {most}")
@@ -529,7 +529,7 @@ class IrcClient:
         """The other IRC connections sharing a room with this one."""
         seen: dict[IrcClient, None] = {}
         for room in self.session.rooms:
-            for member in self.chat.bus.members(room.lower()):
+            for member in self.chat.members(room.lower()):
                 other = self.registry.of(member)
                 if other is not None and other is not self and other.registered:
                     seen[other] = None
@@ -560,14 +560,14 @@ class IrcClient:
 
     def is_op(self, session: Session, room_name: str) -> bool:
         user = session.user
-        room = self.chat.rooms.get(room_name.lower())
+        room = self.chat.room_here(room_name)
         if user is None or room is None:
             return False
         return user.is_admin or (room.created_by is not None and room.created_by.lower() == user.key)
 
     def members(self, room_name: str) -> list[Session]:
         seen: dict[str, Session] = {}
-        for s in self.chat.bus.members(room_name.lower()):
+        for s in self.chat.members(room_name.lower()):
             if s.user is not None:
                 seen.setdefault(self.nick_of(s).lower(), s)
         return list(seen.values())
@@ -597,7 +597,7 @@ class IrcClient:
         if any(r.lower() == name.lower() for r in self.session.rooms):
             return
         try:
-            if name.lower() in self.chat.rooms:
+            if self.chat.has_room(name):
                 joined = await self.request(p.Join(room=name))
             else:
                 try:
@@ -607,7 +607,7 @@ class IrcClient:
                         raise
                     # Created by someone else this instant: the room appears once their request resumes.
                     with trio.move_on_after(2):
-                        while name.lower() not in self.chat.rooms:
+                        while not self.chat.has_room(name):
                             await trio.sleep(0.005)
                     joined = await self.request(p.Join(room=name))
         except ProtocolError as exc:
@@ -645,10 +645,10 @@ class IrcClient:
         reason = clean(line.param(1))[:200]
         for target in line.params[0].split(","):
             name = room_of(target)
-            if name is None or name.lower() not in self.chat.rooms:
+            if name is None or not self.chat.has_room(name):
                 self.num(n.ERR_NOSUCHCHANNEL, target[:64], "No such channel")
                 continue
-            room = self.chat.rooms[name.lower()].name
+            room = self.chat.room(name).name
             if room not in self.session.rooms:
                 self.num(n.ERR_NOTONCHANNEL, target, "You're not on that channel")
                 continue
@@ -663,7 +663,7 @@ class IrcClient:
         if not self.need(line, 1):
             return
         name = room_of(line.params[0])
-        room = self.chat.rooms.get(name.lower()) if name else None
+        room = self.chat.room_here(name) if name else None
         if room is None:
             self.num(n.ERR_NOSUCHCHANNEL, line.params[0][:64], "No such channel")
             return
@@ -689,7 +689,7 @@ class IrcClient:
         self.send("TOPIC", chan, text, source=self.source)
 
     def names(self, room_name: str) -> None:
-        room = self.chat.rooms.get(room_name.lower())
+        room = self.chat.room_here(room_name)
         chan = render.channel(room.name if room else room_name)
         if room is not None:
             entries = []
@@ -709,7 +709,7 @@ class IrcClient:
             return
         for target in line.params[0].split(","):
             name = room_of(target)
-            if name is None or name.lower() not in self.chat.rooms:
+            if name is None or not self.chat.has_room(name):
                 self.num(n.RPL_ENDOFNAMES, target[:64], "End of /NAMES list")
                 continue
             self.names(name)
@@ -719,7 +719,7 @@ class IrcClient:
         if line.params and line.params[0].startswith("#"):
             wanted = {t.lower() for t in line.params[0].split(",")}
         self.num(n.RPL_LISTSTART, "Channel", "Users  Name")
-        for room in sorted(self.chat.rooms.values(), key=lambda r: r.key):
+        for room in sorted(self.chat.rooms_here(), key=lambda r: r.key):
             chan = render.channel(room.name)
             if wanted is not None and chan.lower() not in wanted:
                 continue
@@ -778,7 +778,7 @@ class IrcClient:
 
     async def channel_mode(self, target: str, args: list[str]) -> None:
         name = room_of(target)
-        room = self.chat.rooms.get(name.lower()) if name else None
+        room = self.chat.room_here(name) if name else None
         if room is None:
             self.num(n.ERR_NOSUCHCHANNEL, target[:64], "No such channel")
             return
@@ -829,7 +829,7 @@ class IrcClient:
 
     async def to_room(self, target: str, text: str, notice: bool, line: Line) -> None:
         name = room_of(target)
-        room = self.chat.rooms.get(name.lower()) if name else None
+        room = self.chat.room_here(name) if name else None
         if room is None:
             if not notice:
                 self.num(n.ERR_NOSUCHCHANNEL, target[:64], "No such channel")
@@ -883,27 +883,26 @@ class IrcClient:
     async def cmd_who(self, line: Line) -> None:
         mask = line.param(0, "*") or "*"
         name = room_of(mask)
-        if name is not None and name.lower() in self.chat.rooms:
-            room = self.chat.rooms[name.lower()]
+        if name is not None and self.chat.has_room(name):
+            room = self.chat.room(name)
             for s in self.members(room.name):
                 self.who_reply(render.channel(room.name), s)
         elif not mask.startswith("#"):
             pattern = mask.lower()
             mine = set(self.session.rooms)
             seen: set[str] = set()
-            for sessions in list(self.chat.by_user.values()):
-                for s in sessions:
-                    nick = self.nick_of(s)
-                    if nick.lower() in seen:
-                        continue
-                    other = self.registry.of(s)
-                    if other is not None and other is not self and other.invisible and not mine & set(s.rooms) \
-                            and nick.lower() != pattern:
-                        continue  # +i: seen only by those who share a room
-                    ident, realname, _away = self.client_info(s)
-                    if any(fnmatch.fnmatchcase(field.lower(), pattern) for field in (nick, ident, realname)):
-                        seen.add(nick.lower())
-                        self.who_reply("*", s)
+            for s in self.chat.signed_in_sessions():
+                nick = self.nick_of(s)
+                if nick.lower() in seen:
+                    continue
+                other = self.registry.of(s)
+                if other is not None and other is not self and other.invisible and not mine & set(s.rooms) \
+                        and nick.lower() != pattern:
+                    continue  # +i: seen only by those who share a room
+                ident, realname, _away = self.client_info(s)
+                if any(fnmatch.fnmatchcase(field.lower(), pattern) for field in (nick, ident, realname)):
+                    seen.add(nick.lower())
+                    self.who_reply("*", s)
         self.num(n.RPL_ENDOFWHO, mask, "End of WHO list")
 
     def who_reply(self, chan: str, session: Session) -> None:
@@ -1047,11 +1046,11 @@ class IrcClient:
         target = line.params[0]
         if target.startswith("#"):
             name = room_of(target)
-            room = self.chat.rooms.get(name.lower()) if name else None
+            room = self.chat.room_here(name) if name else None
             if room is None or room.name not in self.session.rooms:
                 self.num(n.ERR_CANNOTSENDTOCHAN if room else n.ERR_NOSUCHCHANNEL, target[:64], "Cannot send")
                 return
-            receivers = [s for s in self.chat.bus.members(room.key) if s is not self.session]
+            receivers = [s for s in self.chat.members(room.key) if s is not self.session]
             target = render.channel(room.name)
         else:
             session = self.find(target)

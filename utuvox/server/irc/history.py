@@ -49,7 +49,7 @@ class Conversation:
         self.peer: str | None = None
         name = room_of(target)
         if target.startswith("#"):
-            room = chat.rooms.get(name.lower()) if name else None
+            room = chat.room_here(name) if name else None
             session = client.session
             if room is None or (room.name not in session.rooms and not session.is_operator):
                 raise HistoryError("INVALID_TARGET", target[:64], "No such channel, or not joined")
@@ -200,7 +200,7 @@ async def _targets(client: IrcClient, line: Line) -> None:
     chat = client.chat
     found: list[tuple[float, str]] = []
     for name in client.session.rooms:
-        room = chat.rooms.get(name.lower())
+        room = chat.room_here(name)
         if room is None:
             continue
         events, _more = await chat.room_events(room, after=None, before=None, limit=1, latest=True)
