@@ -143,6 +143,9 @@ class _FlatEnv(EnvSettingsSource):
 
 
 class Settings(BaseSettings):
+    """The whole tree. Keywords and environment variables use the flat names of :data:`VARIABLES`; the
+    keywords win."""
+
     model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
 
     host: str = Field("127.0.0.1", description="address to listen on")
