@@ -645,9 +645,9 @@ async def test_hashing_is_shared_fairly_between_addresses(tmp_path: Path) -> Non
 
 async def test_out_of_the_box_a_flood_is_refused_and_bots_get_more(tmp_path: Path) -> None:
     # The server's own defaults for rates (the suite otherwise runs without limits).
-    from utuvox.server.settings import UNTHROTTLED, Settings
+    from utuvox.server.settings import UNTHROTTLED, VARIABLES
 
-    defaults = {name: Settings.model_fields[name].default for name in UNTHROTTLED}
+    defaults = {name: VARIABLES[name].default for name in UNTHROTTLED}
     async with running_server(tmp_path, **defaults) as srv:
         person, bot = await JsonLines.connect(srv.tcp_port), await JsonLines.connect(srv.tcp_port)
         await room_of(person, "alice")

@@ -21,7 +21,6 @@ from utuvox.chat.limits import (
     TokenBucket,
     UploadQuota,
     address_key,
-    monotonic,
 )
 from utuvox.chat.session import Session
 from utuvox.protocol import ProtocolError
@@ -47,8 +46,11 @@ def test_token_bucket_gives_its_burst_then_says_how_long_to_wait() -> None:
 
 
 def test_a_meter_takes_credit_in_chunks_and_keeps_the_rate() -> None:
-    bucket = Rate(per_second=1000, burst=800).bucket(monotonic())
-    meter = Meter(bucket, chunk=Rate(1000, 800).chunk)
+    def clock() -> float:
+        return 100.0  # time stands still: what comes back is only what the buckets held
+
+    bucket = Rate(per_second=1000, burst=800).bucket(clock())
+    meter = Meter(bucket, chunk=Rate(1000, 800).chunk, now=clock)
     assert meter.chunk == 64
     allowed = 0
     while meter.take() == 0.0:  # all at once: the burst, give or take a chunk, then a wait
@@ -56,8 +58,8 @@ def test_a_meter_takes_credit_in_chunks_and_keeps_the_rate() -> None:
     assert 800 <= allowed <= 800 + 64
     assert 0 < meter.take() <= 0.002
     # One user's bucket across sessions: a session's chunk never exceeds what the user's burst allows.
-    user = Rate(per_second=0.001, burst=3).bucket(monotonic())
-    a, b = Meter(Rate(1000, 1000).bucket(monotonic()), 64), Meter(Rate(1000, 1000).bucket(monotonic()), 64)
+    user = Rate(per_second=0.001, burst=3).bucket(clock())
+    a, b = Meter(Rate(1000, 1000).bucket(clock()), 64, clock), Meter(Rate(1000, 1000).bucket(clock()), 64, clock)
     a.attach(user)
     b.attach(user)
     assert a.chunk == b.chunk == 1
@@ -157,11 +159,11 @@ def test_defaults_suit_a_public_server_and_the_benchmarks_set_their_own() -> Non
     # one address holds a handful of connections; the benchmarks' and tests' own limits leave room for
     # ~10^5 messages/s through one connection and 10,000 connections from one address.
     defaults = Settings()
-    limits = defaults.limits_config()
+    limits = defaults.chat.limits
     assert limits.session_messages.per_second <= 10 and limits.session_messages.burst <= 50
     assert limits.bot_messages.per_second > limits.session_messages.per_second
-    assert defaults.max_connections_per_address <= 50 and defaults.max_sessions_per_user <= 20
-    generous = Settings(**UNTHROTTLED).limits_config()  # type: ignore[arg-type]
+    assert defaults.max_connections_per_address <= 50 and limits.max_sessions_per_user <= 20
+    generous = Settings(**UNTHROTTLED).chat.limits  # type: ignore[arg-type]
     assert generous.session_messages.per_second >= 100_000 and generous.session_requests.per_second >= 100_000
     assert Settings(**UNTHROTTLED).max_connections_per_address > 10_000  # type: ignore[arg-type]
     assert limits.max_room_members > 1000

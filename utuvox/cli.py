@@ -33,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     from utuvox.chat.admin_key import AdminKeyError
     from utuvox.cluster.broker import BrokerError
     from utuvox.server.app import NODE, Server
-    from utuvox.server.settings import Settings
+    from utuvox.server.settings import Settings, setting_name
     from utuvox.server.tls import TlsConfigError
     from utuvox.store import StoreError
 
@@ -49,8 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            where = ".".join(str(part) for part in error["loc"])
-            print(f"utuvox: {where}: {error['msg']}", file=sys.stderr)
+            print(f"utuvox: {setting_name(error['loc'])}: {error['msg']}", file=sys.stderr)
         return 2
     busy = _port_in_use(settings.host, [settings.port, settings.ws_port])
     if busy:
@@ -180,12 +179,27 @@ def _version() -> str:
         return "unknown"
 
 
+def _environment() -> str:
+    """Every setting's environment variable, default and meaning, from the settings tree."""
+    from utuvox.server.settings import VARIABLES
+
+    lines = ["every setting also comes from an environment variable (the flags above win):"]
+    for variable in VARIABLES.values():
+        default = variable.default
+        shown = "none" if default is None or default == [] else "''" if default == "" else f"{default:g}" \
+            if isinstance(default, float) else str(default)
+        lines.append(f"  {variable.env}={shown}")
+        lines.append(f"      {variable.description}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utuvox", description="UtuVox chat server")
     parser.add_argument("--version", action="version", version=f"utuvox {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server")
+    serve = sub.add_parser("serve", help="run the server", epilog=_environment(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="TCP port for text mode and JSON lines (default 9090; 0: any)")
     serve.add_argument("--ws-port", type=int, help="WebSocket port (default 9091; 0: any)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from utuvox.server.settings import UNTHROTTLED, Settings
+from utuvox.server.settings import UNTHROTTLED, VARIABLES
 from utuvox.store import SqliteStore, StoredEvent
 
 from ..clients import (
@@ -60,7 +60,7 @@ FLOOD_MARK = b'"flood!'  # the start of a flood message's text as it arrives (ne
 
 # The server's own defaults (the benchmarks' servers otherwise run without limits). Every client of the
 # benchmark comes from 127.0.0.1, so the connections-per-address cap is raised for it (the default is 20).
-DEFAULTS = {f"UTUVOX_{name.upper()}": str(Settings.model_fields[name].default) for name in UNTHROTTLED}
+DEFAULTS = {VARIABLES[name].env: str(VARIABLES[name].default) for name in UNTHROTTLED}
 DEFAULTS["UTUVOX_MAX_CONNECTIONS_PER_ADDRESS"] = "1000"
 FLOODS = ["messages", "listings", "history", "logins"]
 ROOMS = 3000  # rooms on the server of the listing flood

@@ -37,9 +37,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 import trio
+from pydantic import Field
 
 from utuvox.protocol import Code, ProtocolError, Reply, as_datetime
 from utuvox.protocol import core as p
@@ -52,6 +53,7 @@ from utuvox.store import Conflict, FileRecord, StoreError
 from .commands import messages
 from .limits import charged
 from .rooms import Room
+from .section import NOT_A_SETTING, Env, Section
 from .service import Call, Chat, Command
 from .session import Session
 
@@ -60,25 +62,36 @@ log = logging.getLogger("utuvox.files")
 MiB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class FileConfig:
-    """The limits and tunables of file sharing (from the server's settings)."""
+class FileConfig(Section):
+    """The limits and tunables of file sharing."""
 
-    uploads_dir: Path
-    temp_dir: Path
-    max_upload_bytes: int = 100 * MiB
-    max_uploads_per_session: int = 4
-    max_uploads_per_user: int = 4
-    max_uploads_total: int = 64
-    max_downloads_per_session: int = 4
-    max_downloads_total: int = 64
-    max_list_files: int = 200
-    chunk_size: int = f.chunk_size_for_frame(64 * 1024)
-    write_batch_bytes: int = 1 * MiB
-    read_block_bytes: int = 1 * MiB
-    io_threads: int = 4
-    upload_idle_timeout: float = 300.0
-    min_free_bytes: int = 64 * MiB
+    # Where the files go, filled in by the server from its data directory.
+    uploads_dir: Annotated[Path, NOT_A_SETTING] = Field(default=Path("uploads"), description="finished uploads")
+    temp_dir: Annotated[Path, NOT_A_SETTING] = Field(default=Path("uploads.tmp"),
+                                                     description="uploads in progress (on the file system of uploads)")
+    max_upload_bytes: int = Field(default=100 * MiB, ge=0, description="largest file a client may upload")
+    max_uploads_per_session: int = Field(default=4, ge=1, description="uploads one connection may have in progress")
+    max_uploads_per_user: int = Field(default=4, ge=1,
+                                      description="uploads one user may have in progress, all connections")
+    max_uploads_total: int = Field(default=64, ge=1, description="uploads in progress on the whole server")
+    max_downloads_per_session: int = Field(default=4, ge=1, description="downloads one connection may have in progress")
+    max_downloads_total: int = Field(default=64, ge=1, description="downloads in progress on the whole server")
+    max_list_files: int = Field(default=200, ge=1, description="newest files listed by list_files")
+    # Filled in by the server from the largest frame a client may send.
+    chunk_size: Annotated[int, NOT_A_SETTING] = Field(default=f.chunk_size_for_frame(64 * 1024), ge=1,
+                                                      description="bytes of file data in one chunk frame")
+    write_batch_bytes: Annotated[int, Env("file_write_batch_bytes")] = Field(default=1 * MiB, ge=4096,
+                                                                             description="upload bytes gathered per "
+                                                                                         "disk write")
+    read_block_bytes: Annotated[int, Env("file_read_block_bytes")] = Field(default=1 * MiB, ge=4096,
+                                                                           description="download bytes read per disk "
+                                                                                       "read")
+    io_threads: Annotated[int, Env("file_io_threads")] = Field(default=4, ge=1,
+                                                               description="worker threads for file reads and writes")
+    upload_idle_timeout: float = Field(default=300.0, gt=0,
+                                       description="seconds without a chunk before an upload is dropped")
+    min_free_bytes: Annotated[int, Env("min_free_disk_bytes")] = Field(default=64 * MiB, ge=0,
+                                                                       description="free space an upload must leave")
 
 
 # --- names ----------------------------------------------------------------------------------------

@@ -25,21 +25,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
-import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from utuvox.protocol import Code, ProtocolError
 from utuvox.protocol.text_codec import size as text_size
 
+from .clock import Clock
+from .section import NOT_A_SETTING, Env, Section
 from .session import Identity, Session
 
 if TYPE_CHECKING:
     pass
 
 log = logging.getLogger("utuvox.limits")
-monotonic = time.monotonic
 
 
 # --- token buckets --------------------------------------------------------------------------------
@@ -92,12 +94,8 @@ class TokenBucket:
 class Rate:
     """A steady rate per second and the burst allowed above it; a setting, not a bucket."""
 
-    per_second: float
-    burst: float
-
-    def __post_init__(self) -> None:
-        if not (self.per_second > 0 and self.burst >= 1):
-            raise ValueError("a rate needs per_second > 0 and burst >= 1")
+    per_second: Annotated[float, Field(gt=0)]
+    burst: Annotated[float, Field(ge=1)]
 
     def bucket(self, now: float) -> TokenBucket:
         return TokenBucket(self.per_second, self.burst, now)
@@ -116,10 +114,11 @@ class Meter:
     """The hot-path check of one kind (requests, messages) for one session: its own bucket, and its
     user's once logged in, read in chunks of credit."""
 
-    __slots__ = ("chunk", "left", "refills", "session", "user")
+    __slots__ = ("chunk", "left", "now", "refills", "session", "user")
 
-    def __init__(self, session: TokenBucket, chunk: int) -> None:
+    def __init__(self, session: TokenBucket, chunk: int, now: Callable[[], float]) -> None:
         self.session = session
+        self.now = now  # the clock, read only when the credit runs out
         self.user: TokenBucket | None = None
         self.chunk = chunk
         self.left = 0  # frames still allowed from the last chunk
@@ -141,7 +140,7 @@ class Meter:
 
     def _refill(self) -> float:
         self.refills += 1
-        now = monotonic()
+        now = self.now()
         got = self.session.take_up_to(now, self.chunk)
         user = self.user
         if got and user is not None:
@@ -160,34 +159,48 @@ class Meter:
 # Benchmarks and tests that push 10^5 messages a second through one connection set their own.
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
-    session_requests: Rate = Rate(50, 200)
-    user_requests: Rate = Rate(100, 400)
-    session_messages: Rate = Rate(5, 20)
-    user_messages: Rate = Rate(10, 40)
-    session_joins: Rate = Rate(1, 20)
-    user_joins: Rate = Rate(2, 40)
-    session_logins: Rate = Rate(0.2, 5)  # login, register and changepassword attempts of one connection
-    user_logins: Rate = Rate(1, 10)  # attempts on one account, from anywhere
+class LimitsConfig(Section):
+    """Rates, caps and the login throttle."""
+
+    session_requests: Rate = Field(default=Rate(50, 200), description="requests one connection may make")
+    user_requests: Rate = Field(default=Rate(100, 400), description="requests of one user, all connections")
+    session_messages: Rate = Field(default=Rate(5, 20), description="messages one connection may send")
+    user_messages: Rate = Field(default=Rate(10, 40), description="messages of one user, all connections")
+    session_joins: Rate = Field(default=Rate(1, 20), description="rooms one connection may join")
+    user_joins: Rate = Field(default=Rate(2, 40), description="rooms one user may join, all connections")
+    session_logins: Rate = Field(default=Rate(0.2, 5),
+                                 description="login, register and changepassword attempts of one connection")
+    user_logins: Rate = Field(default=Rate(1, 10), description="login attempts on one account, from anywhere")
     # Bot accounts: these replace the request and message rates above, per connection and per user.
-    bot_requests: Rate = Rate(500, 2000)
-    bot_messages: Rate = Rate(50, 200)
-    user_creates: Rate = Rate(0.1, 10)  # rooms one user may create
-    strikes: int = 20  # requests made during a wait the client was told of, tolerated (one more per second)
-    # failed logins
-    login_free_failures: int = 5  # per account, before delays start
-    address_free_failures: int = 20  # per address, over all accounts
-    login_delay_base: float = 1.0  # the first delay; it doubles with each further failure
-    login_delay_max: float = 30.0
-    login_failure_window: float = 900.0  # failures this old are forgotten
+    bot_requests: Rate = Field(default=Rate(500, 2000),
+                               description="requests of a bot account (per connection and per user)")
+    bot_messages: Rate = Field(default=Rate(50, 200), description="messages of a bot account")
+    user_creates: Rate = Field(default=Rate(0.1, 10), description="rooms one user may create")
+    strikes: Annotated[int, Env("rate_limit_strikes")] = Field(
+        default=20, ge=1, description="requests sent while told to wait, before a disconnect (one more is tolerated "
+                                      "each second)")
+    # failed logins: a delay doubling from login_delay_base up to login_delay_max after the free failures
+    login_free_failures: int = Field(default=5, ge=0, description="failed logins on one account before delays start")
+    address_free_failures: int = Field(default=20, ge=0,
+                                       description="failed logins from one address, over all accounts, before delays "
+                                                   "start")
+    login_delay_base: float = Field(default=1.0, gt=0,
+                                    description="the first delay after the free failures; it doubles with each "
+                                                "further failure")
+    login_delay_max: float = Field(default=30.0, gt=0, description="the longest delay a run of failed logins earns")
+    login_failure_window: float = Field(default=900.0, gt=0, description="seconds after which failures are forgotten")
     # caps
-    max_rooms_per_user: int = 100  # rooms one user is in at once, over all their sessions
-    max_rooms_created_per_user: int = 50  # rooms that exist and were created by one user
-    max_room_members: int = 20_000  # sessions in one room
-    max_sessions_per_user: int = 10
-    max_upload_bytes_per_day: int = 10 * 1024**3  # per user, per UTC day
-    max_tracked: int = 100_000  # accounts and addresses remembered by the throttle and the user buckets
+    max_rooms_per_user: int = Field(default=100, ge=1, description="rooms one user is in at once, all connections")
+    max_rooms_created_per_user: int = Field(default=50, ge=0,
+                                            description="rooms that exist and were created by one user (admins: no "
+                                                        "cap)")
+    max_room_members: int = Field(default=20_000, ge=1, description="connections in one room")
+    max_sessions_per_user: int = Field(default=10, ge=1, description="connections logged in as one user")
+    max_upload_bytes_per_day: int = Field(default=10 * 1024**3, ge=0,
+                                          description="bytes one user may upload per UTC day")
+    max_tracked: Annotated[int, NOT_A_SETTING] = Field(default=100_000, ge=1,
+                                                       description="accounts and addresses remembered by the throttle "
+                                                                   "and the user buckets")
 
 
 def address_key(address: str) -> str:
@@ -237,11 +250,13 @@ class UserLimiter:
 class SessionLimiter:
     """One session's buckets, and its user's once it has logged in."""
 
-    __slots__ = ("hold_until", "joins", "logins", "messages", "requests", "strikes", "user")
+    __slots__ = ("clock", "hold_until", "joins", "logins", "messages", "requests", "strikes", "user")
 
-    def __init__(self, cfg: LimitsConfig, now: float) -> None:
-        self.requests = Meter(cfg.session_requests.bucket(now), cfg.session_requests.chunk)
-        self.messages = Meter(cfg.session_messages.bucket(now), cfg.session_messages.chunk)
+    def __init__(self, cfg: LimitsConfig, clock: Callable[[], float]) -> None:
+        now = clock()
+        self.clock = clock
+        self.requests = Meter(cfg.session_requests.bucket(now), cfg.session_requests.chunk, clock)
+        self.messages = Meter(cfg.session_messages.bucket(now), cfg.session_messages.chunk, clock)
         self.joins = cfg.session_joins.bucket(now)
         self.logins = cfg.session_logins.bucket(now)
         self.strikes = TokenBucket(1.0, max(1, cfg.strikes), now)
@@ -250,8 +265,8 @@ class SessionLimiter:
 
     def sign_in(self, user: UserLimiter, cfg: LimitsConfig, now: float) -> None:
         if user.bot:
-            self.requests = Meter(cfg.bot_requests.bucket(now), cfg.bot_requests.chunk)
-            self.messages = Meter(cfg.bot_messages.bucket(now), cfg.bot_messages.chunk)
+            self.requests = Meter(cfg.bot_requests.bucket(now), cfg.bot_requests.chunk, self.clock)
+            self.messages = Meter(cfg.bot_messages.bucket(now), cfg.bot_messages.chunk, self.clock)
         self.user = user
         self.requests.attach(user.requests)
         self.messages.attach(user.messages)
@@ -353,13 +368,14 @@ class LoginThrottle:
 class UploadQuota:
     """Bytes each user stored by upload on the current UTC day (kept in memory: a restart forgets)."""
 
-    def __init__(self, cfg: LimitsConfig) -> None:
+    def __init__(self, cfg: LimitsConfig, clock: Clock | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock or Clock()
         self.day = ""
         self.used: dict[str, int] = {}
 
     def _today(self) -> dict[str, int]:
-        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        day = self.clock.wall().strftime("%Y-%m-%d")
         if day != self.day:
             self.day, self.used = day, {}
         return self.used
@@ -384,12 +400,13 @@ class UploadQuota:
 class Limits:
     """Every limit of the chat layer; :class:`~utuvox.chat.service.Chat` owns one (``chat.limits``)."""
 
-    def __init__(self, cfg: LimitsConfig) -> None:
+    def __init__(self, cfg: LimitsConfig, clock: Clock | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock or Clock()
         self.sessions: dict[Session, SessionLimiter] = {}
         self.users: dict[str, UserLimiter] = {}
         self.throttle = LoginThrottle(cfg)
-        self.uploads = UploadQuota(cfg)
+        self.uploads = UploadQuota(cfg, self.clock)
         self.rejected = 0  # requests refused for rate, for statistics
         self.flooders = 0  # sessions disconnected for ignoring rate_limited
 
@@ -399,7 +416,7 @@ class Limits:
         """The limiter of a new session; operators on the admin socket have none."""
         if session.transport == "admin":
             return None
-        limiter = self.sessions[session] = SessionLimiter(self.cfg, monotonic())
+        limiter = self.sessions[session] = SessionLimiter(self.cfg, self.clock.now)
         return limiter
 
     def close(self, session: Session) -> None:
@@ -409,7 +426,7 @@ class Limits:
         limiter = self.sessions.get(session)
         if limiter is None:
             return
-        now = monotonic()
+        now = self.clock.now()
         user = self._user(identity.key, now)
         if identity.is_bot:
             user.make_bot(self.cfg, now)
@@ -457,7 +474,7 @@ class Limits:
             return
         wait = limiter.messages.take()
         if wait:
-            raise self.refuse(session, limiter, monotonic(), wait, "messages")
+            raise self.refuse(session, limiter, self.clock.now(), wait, "messages")
 
     def check_join(self, session: Session, joined_by_user: set[str], members: int) -> None:
         """Before ``session`` enters a room it is not in: the rate of joins, the rooms its user is in
@@ -471,7 +488,7 @@ class Limits:
                                 f"You are in {len(joined_by_user)} rooms, the most allowed; leave one first.")
         if members >= cfg.max_room_members:
             raise ProtocolError(Code.LIMIT_REACHED, f"That room is full ({cfg.max_room_members} connections).")
-        now = monotonic()
+        now = self.clock.now()
         wait = limiter.joins.take(now)
         if not wait and limiter.user is not None:
             wait = limiter.user.joins.take(now)
@@ -487,7 +504,7 @@ class Limits:
         if created >= cap:
             raise ProtocolError(Code.LIMIT_REACHED, f"You have created {created} rooms, the most allowed.")
         if limiter.user is not None:
-            now = monotonic()
+            now = self.clock.now()
             wait = limiter.user.creates.take(now)
             if wait:
                 raise self.refuse(session, limiter, now, wait, "rooms created")
@@ -498,7 +515,7 @@ class Limits:
         limiter = self.sessions.get(session)
         if limiter is None:
             return
-        now = monotonic()
+        now = self.clock.now()
         key = account.lower() if account is not None else None
         wait = limiter.logins.take(now)
         if not wait and key is not None:
@@ -515,7 +532,7 @@ class Limits:
 
     def login_failed(self, session: Session, account: str | None) -> None:
         if session.transport != "admin":
-            self.throttle.failed(account.lower() if account else None, address_key(session.address), monotonic())
+            self.throttle.failed(account.lower() if account else None, address_key(session.address), self.clock.now())
 
     def login_succeeded(self, session: Session, account: str) -> None:
         if session.transport != "admin":

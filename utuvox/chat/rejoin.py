@@ -18,27 +18,29 @@ import trio
 
 from utuvox.protocol import core as p
 
+from .clock import Clock
 from .rooms import Room
 
 
 class Rejoins:
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, clock: Clock | None = None) -> None:
         self.grace = grace
+        self.clock = clock or Clock()
         self._deadline: float | None = None
         # Per room id: the first sequence number of this run. Events below it happened before the start.
         self._first_seq: dict[int, int] = {}
 
     def started(self, rooms: Iterable[Room]) -> None:
-        self._deadline = trio.current_time() + self.grace
+        self._deadline = self.clock.now() + self.grace
         self._first_seq = {room.id: room.delivered + 1 for room in rooms}
 
     @property
     def open(self) -> bool:
-        return self._deadline is not None and trio.current_time() < self._deadline
+        return self._deadline is not None and self.clock.now() < self._deadline
 
     async def wait_closed(self) -> None:
         if self._deadline is not None:
-            await trio.sleep_until(self._deadline)
+            await trio.sleep_until(self._deadline)  # the clock's now() is trio's: the deadline is in its time
 
     def forget(self) -> None:
         """After the absentees' leaves are stored: every join from now on is an ordinary one."""

@@ -27,11 +27,12 @@ from utuvox.store import Conflict, RoomRecord, Store, StoredEvent, StoreError, U
 
 from .admin_key import AdminKey
 from .bus import Bus
+from .clock import Clock
 from .commands import Audit, RateCheck
 from .config import ChatConfig
 from .delivery import InOrder
 from .elsewhere import Elsewhere, SingleNode
-from .limits import Limits, address_key, monotonic
+from .limits import Limits, address_key
 from .listing import SortedKeys
 from .passwords import Passwords
 from .rejoin import Rejoins
@@ -127,13 +128,15 @@ class CommandTable:
 
 
 class Chat:
-    def __init__(self, store: Store, bus: Bus, config: ChatConfig, admin_key: AdminKey) -> None:
+    def __init__(self, store: Store, bus: Bus, config: ChatConfig, admin_key: AdminKey,
+                 clock: Clock | None = None) -> None:
         self.store = store
         self.bus = bus
         self.config = config
         self.admin_key = admin_key
+        self.clock = clock = clock or Clock()  # every timeout and rate of the rules reads this one
         self.passwords = Passwords(config)
-        self.limits = Limits(config.limits)
+        self.limits = Limits(config.limits, clock)
         self._commands = CommandTable()
         self._rooms: dict[str, Room] = {}
         self._room_keys = SortedKeys()  # the keys of ``_rooms``, for listings a page at a time
@@ -148,12 +151,12 @@ class Chat:
         self._changing: dict[str, int] = {}
         self._generations: dict[str, int] = {}
         self._settled = trio.lowlevel.ParkingLot()
-        self.started_at = datetime.now(UTC)
+        self.started_at = clock.wall()
         self.messages_sent = 0
         # Set when the server shuts down: new requests are refused while the last ones are acknowledged, and
         # the sessions it closes are not people leaving (see rejoin.py).
         self._stopping = False
-        self.rejoins = Rejoins(config.rejoin_grace)
+        self.rejoins = Rejoins(config.rejoin_grace, clock)
         # Other nodes of a cluster (none by default), and in-order delivery of what any node commits.
         self.elsewhere: Elsewhere = SingleNode()
         self._held: dict[Session, dict[int, Callable[[], None]]] = {}  # answers waiting for earlier ones
@@ -803,7 +806,7 @@ class Chat:
         elsewhere.on("room_created", room_created)
         elsewhere.on("private_message",
                      lambda m: self.deliver_private(p.PrivateMessage.model_validate(m["event"])))
-        elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], monotonic()))
+        elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], self.clock.now()))
         elsewhere.on("login_succeeded", lambda m: throttle.succeeded(m["account"], m["address"]))
 
     # --- history --------------------------------------------------------------------------------

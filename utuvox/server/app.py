@@ -20,6 +20,7 @@ import trio
 from utuvox.chat import admin
 from utuvox.chat.admin_key import AdminKey, StoredAdminKey
 from utuvox.chat.bus import LocalBus
+from utuvox.chat.clock import Clock
 from utuvox.chat.elsewhere import SingleNode
 from utuvox.chat.files import FileService
 from utuvox.chat.files import install as install_files
@@ -37,7 +38,7 @@ from .admin_socket import peer_credentials, serve_admin_socket
 from .connection import LineConnection, WebSocketConnection
 from .irc.outbox import irc_frame_binary, irc_frame_text
 from .irc.registry import IrcRegistry
-from .keepalive import WatchConfig, Watchdog, tune_socket
+from .keepalive import Watchdog, tune_socket
 from .outbox import Counters, Flusher
 from .session_loop import run_session
 from .settings import Settings
@@ -128,10 +129,8 @@ class Server:
         # The web client's files are read once, here: serving them never waits for the disk.
         self.site = Site(load_assets(), secure=self.tls is not None,
                          allowed_origins=parse_origins(settings.allowed_origins))
-        self.watchdog = Watchdog(WatchConfig(
-            keepalive_interval=settings.keepalive_interval, keepalive_timeout=settings.keepalive_timeout,
-            login_timeout=settings.login_timeout, idle_timeout=settings.idle_timeout,
-            frame_timeout=settings.frame_timeout))
+        self.clock = Clock()  # the one clock of the watchdog and the chat rules
+        self.watchdog = Watchdog(settings.watch, self.clock)
         self._per_address: dict[str, int] = {}  # open connections by address_key
         self._connections = 0  # accepted TCP and WebSocket connections still open
         self._fd_budget = 1 << 30  # connections allowed by the open files limit (set at start)
@@ -165,7 +164,7 @@ class Server:
         # What is open now (the store's connections included) and a reserve for the admin socket, files in
         # transfer and the rest stay out of reach of clients: a flood of connections is refused, it does
         # not leave the server unable to open its database or its admin socket.
-        reserve = min(s.fd_reserve + s.max_uploads_total + s.max_downloads_total, limit // 4)
+        reserve = min(s.fd_reserve + s.files.max_uploads_total + s.files.max_downloads_total, limit // 4)
         self._fd_budget = max(0, limit - open_files() - reserve)
         log.info("open files limit %d: up to %d client connections", limit, self._fd_budget)
         try:
@@ -203,10 +202,10 @@ class Server:
         s = self.settings
         async with trio.open_nursery() as services:
             await services.start(self.flusher.run)
-            self.chat = chat = Chat(store, LocalBus(), s.chat_config(), self.admin_key)
+            self.chat = chat = Chat(store, LocalBus(), s.chat, self.admin_key, self.clock)
             chat.register(CORE)
             await services.start(chat.delivery.run)
-            self.files = await services.start(install_files(chat, s.file_config()).run)
+            self.files = await services.start(install_files(chat, s.files).run)
             await services.start(self.watchdog.run)
             self.admin = admin.install(chat)
             self.admin.server_figures = self._figures
@@ -366,7 +365,7 @@ class Server:
         s = self.settings
         with contextlib.suppress(OSError):
             stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        tune_socket(stream, s.keepalive_interval, s.keepalive_timeout)
+        tune_socket(stream, s.watch.keepalive_interval, s.watch.keepalive_timeout)
         return _address(stream.socket)
 
     async def _secure(self, stream: trio.SocketStream) -> trio.abc.Stream | None:

@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from pydantic import Field
 
-from utuvox.chat.limits import SessionLimiter, monotonic
+from utuvox.chat.clock import Clock
+from utuvox.chat.limits import SessionLimiter
+from utuvox.chat.section import Section
 from utuvox.chat.session import Session
 from utuvox.protocol.core import Keepalive
 
@@ -93,18 +96,22 @@ class Watch:
             outbox.scope.cancel()
 
 
-@dataclass(frozen=True)
-class WatchConfig:
-    keepalive_interval: float = 30.0
-    keepalive_timeout: float = 60.0
-    login_timeout: float = 60.0  # 0: never
-    idle_timeout: float = 0.0  # 0: never
-    frame_timeout: float = 60.0  # 0: never
+class WatchConfig(Section):
+    """When connections that went quiet, vanished or never finish are probed or closed."""
+
+    keepalive_interval: float = Field(default=30.0, gt=0,
+                                      description="probe a connection after this long with no traffic")
+    keepalive_timeout: float = Field(default=60.0, gt=0, description="close a connection whose peer is gone this long")
+    login_timeout: float = Field(default=60.0, ge=0, description="close connections not logged in by then (0: never)")
+    idle_timeout: float = Field(default=0.0, ge=0, description="close connections silent this long (0: never)")
+    frame_timeout: float = Field(default=60.0, ge=0,
+                                 description="longest time one frame may take to arrive (0: no limit)")
 
 
 class Watchdog:
-    def __init__(self, config: WatchConfig) -> None:
+    def __init__(self, config: WatchConfig, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.watches: dict[Watch, None] = {}
         self.closed = 0  # connections closed or dropped here, for statistics
 
@@ -112,7 +119,7 @@ class Watchdog:
               conn: Connection) -> Watch | None:
         if limiter is None:  # the admin socket: local and privileged, nothing to watch
             return None
-        now = monotonic()
+        now = self.clock.now()
         watch = Watch(session, outbox, limiter, codec, conn, started=now, last_in=now, quiet_since=now)
         self.watches[watch] = None
         return watch
@@ -128,7 +135,7 @@ class Watchdog:
         task_status.started()
         while True:
             await trio.sleep(tick)
-            self.sweep(monotonic())
+            self.sweep(self.clock.now())
 
     def sweep(self, now: float) -> None:
         c = self.config

@@ -15,7 +15,7 @@ import logging
 
 import trio
 
-from utuvox.chat.limits import SessionLimiter, monotonic
+from utuvox.chat.limits import SessionLimiter
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session
 from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, text_codec
@@ -149,6 +149,6 @@ def _refused(chat: Chat, session: Session, limiter: SessionLimiter | None, wait:
              re: int | str | None) -> ProtocolError:
     """The ``rate_limited`` answer to a frame over the request rate (it may close the session)."""
     assert limiter is not None
-    exc = chat.limits.refuse(session, limiter, monotonic(), wait, "requests")
+    exc = chat.limits.refuse(session, limiter, chat.clock.now(), wait, "requests")
     exc.re = re
     return exc

@@ -1,16 +1,43 @@
-"""Every setting of the server, from command-line flags or ``UTUVOX_*`` environment variables."""
+"""Every setting of the server, from command-line flags or ``UTUVOX_*`` environment variables.
+
+The settings are one tree, :class:`Settings`: the server's own (addresses, directories, TLS, the cluster,
+connections) at the top, and below them the sections of the parts that use them, declared where they are
+used: ``chat`` (:class:`~utuvox.chat.config.ChatConfig`, with its ``limits``), ``files``
+(:class:`~utuvox.chat.files.FileConfig`) and ``watch`` (:class:`~utuvox.server.keepalive.WatchConfig`).
+Each field gives a setting's name, default, bounds and description, once.
+
+Names stay flat whatever the depth: every setting is the environment variable ``UTUVOX_<NAME>`` and the
+keyword ``<name>`` of ``Settings(...)``, so ``Settings(port=0, session_messages_burst=3)`` sets
+``chat.limits.session_messages.burst`` (utuvox.chat.section says how a field's name is made).
+:data:`VARIABLES` lists them all; ``utuvox serve --help`` prints that list.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from utuvox.chat.config import ChatConfig
 from utuvox.chat.files import FileConfig
-from utuvox.chat.limits import LimitsConfig, Rate
+from utuvox.chat.section import Env, Section
 from utuvox.protocol.files import chunk_size_for_frame
+
+from .keepalive import WatchConfig
+
+PREFIX = "UTUVOX_"
 
 # Limits that never slow a benchmark or a test suite down (one address, 10^5 messages a second through one
 # connection): for trusted machines only. The benchmarks and the tests start their servers with these and
@@ -32,13 +59,96 @@ UNTHROTTLED: dict[str, float] = {
 
 def unthrottled_env() -> dict[str, str]:
     """:data:`UNTHROTTLED` as ``UTUVOX_*`` environment variables, for a server started as a process."""
-    return {f"UTUVOX_{name.upper()}": str(value) for name, value in UNTHROTTLED.items()}
+    return {VARIABLES[name].env: str(value) for name, value in UNTHROTTLED.items()}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One setting as operators see it: ``name`` (lower case; ``UTUVOX_`` and the name in capitals is its
+    environment variable), where it lands in the tree (``path``), its field, default and description."""
+
+    name: str
+    path: tuple[str, ...]
+    field: FieldInfo
+    default: Any
+    description: str
+    whole: dict[str, Any] | None = None  # a part of a compound value: the whole value's default, as a dict
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name.upper()
+
+    def value(self, settings: Settings) -> Any:
+        """This setting's value in ``settings``."""
+        node: Any = settings
+        for key in self.path:
+            node = getattr(node, key)
+        return node
+
+
+def _variables(model: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[Variable]:
+    for name, info in model.model_fields.items():
+        env = next((m for m in info.metadata if isinstance(m, Env)), None)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            yield from _variables(annotation, (*path, name))
+            continue
+        if env is not None and env.name is None:
+            continue
+        flat = env.name if env is not None and env.name is not None else name
+        default = info.get_default(call_default_factory=True)
+        description = info.description or ""
+        if isinstance(annotation, type) and is_pydantic_dataclass(annotation):  # a Rate: one variable per part
+            for part, part_info in annotation.__pydantic_fields__.items():
+                yield Variable(f"{flat}_{part}", (*path, name, part), part_info, getattr(default, part),
+                               f"{description} ({part.replace('_', ' ')})", dataclasses.asdict(default))
+        else:
+            yield Variable(flat, (*path, name), info, default, description)
+
+
+def _put(tree: dict[str, Any], variable: Variable, value: Any) -> None:
+    """Set ``value`` at the variable's place in a tree of dicts, turning the models met on the way into
+    dicts; the other parts of a compound value keep their defaults."""
+    *parents, last = variable.path
+    node = tree
+    for depth, key in enumerate(parents, 1):
+        child = node.get(key)
+        if child is None and depth == len(parents) and variable.whole is not None:
+            child = variable.whole
+        if isinstance(child, BaseModel):
+            child = child.model_dump()
+        elif dataclasses.is_dataclass(child) and not isinstance(child, type):
+            child = dataclasses.asdict(child)
+        elif isinstance(child, dict):
+            child = dict(child)
+        else:
+            child = {}
+        node[key] = child
+        node = child
+    node[last] = value
+
+
+class _FlatEnv(EnvSettingsSource):
+    """Each setting from ``UTUVOX_<NAME>``, into its place in the tree (parsed as pydantic-settings parses
+    a variable: JSON for a list, as given otherwise)."""
+
+    def __call__(self) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
+        for variable in VARIABLES.values():
+            raw, _, is_complex = self.get_field_value(variable.field, variable.name)
+            value = self.prepare_field_value(variable.name, variable.field, raw, is_complex)
+            if value is not None:
+                _put(tree, variable, value)
+        return tree
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UTUVOX_", extra="ignore")
+    """The whole tree. Keywords and environment variables use the flat names of :data:`VARIABLES`; the
+    keywords win."""
 
-    host: str = "127.0.0.1"
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(9090, ge=0, le=65535, description="TCP port (text mode and JSON lines); 0: any free port")
     ws_port: int = Field(9091, ge=0, le=65535, description="WebSocket port; 0: any free port")
     irc_port: int = Field(6667, ge=0, le=65535, description="IRC port; 0: any free port")
@@ -48,7 +158,7 @@ class Settings(BaseSettings):
                                  description="the server's name on IRC")
     data_dir: Path = Field(Path("."), description="where utuvox_db.db, uploads/, admin_key.txt and admin.sock live")
     admin_socket: Path | None = Field(None, description="the operators' Unix socket (default: DATA_DIR/admin.sock)")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     # several nodes (docs/SCALING.md): PostgreSQL instead of the SQLite file, a broker between the nodes
     database_url: str | None = Field(None, description="postgresql://... : store everything in PostgreSQL")
@@ -60,67 +170,18 @@ class Settings(BaseSettings):
     uploads: Path | None = Field(None, description="the uploads directory (default DATA_DIR/uploads); "
                                                    "nodes of a cluster share one (a shared mount)")
 
-    # limits
+    # connections
     max_frame_bytes: int = Field(64 * 1024, ge=1024, description="largest frame a client may send")
-    max_message_chars: int = Field(4000, ge=1)
     send_queue_frames: int = Field(10_000, ge=16, description="frames queued for one client before it is cut off")
     send_queue_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024,
                                   description="bytes queued for one client (and being written) before it is cut off")
     detect_timeout: float = Field(0.5, gt=0, description="how long to wait for a first byte to tell JSON from text")
     shutdown_grace: float = Field(2.0, ge=0, description="seconds to flush goodbyes on shutdown")
-    rejoin_grace: float = Field(60.0, ge=0, description="seconds after a start in which the members of a room at "
-                                "the last stop come back without a join being stored")
-
-    # rates (token buckets: a steady rate per second and a burst), per connection and per user. The defaults
-    # suit a public server (docs/SECURITY.md); the benchmarks and the tests set their own.
-    session_requests_per_second: float = Field(50, gt=0, description="requests one connection may make")
-    session_requests_burst: float = Field(200, ge=1)
-    user_requests_per_second: float = Field(100, gt=0, description="requests of one user, all connections")
-    user_requests_burst: float = Field(400, ge=1)
-    session_messages_per_second: float = Field(5, gt=0, description="messages one connection may send")
-    session_messages_burst: float = Field(20, ge=1)
-    user_messages_per_second: float = Field(10, gt=0, description="messages of one user, all connections")
-    user_messages_burst: float = Field(40, ge=1)
-    bot_requests_per_second: float = Field(500, gt=0, description="requests of a bot account (per connection "
-                                                                  "and per user)")
-    bot_requests_burst: float = Field(2000, ge=1)
-    bot_messages_per_second: float = Field(50, gt=0, description="messages of a bot account")
-    bot_messages_burst: float = Field(200, ge=1)
-    session_joins_per_second: float = Field(1, gt=0, description="rooms one connection may join")
-    session_joins_burst: float = Field(20, ge=1)
-    user_joins_per_second: float = Field(2, gt=0)
-    user_joins_burst: float = Field(40, ge=1)
-    user_creates_per_second: float = Field(0.1, gt=0, description="rooms one user may create")
-    user_creates_burst: float = Field(10, ge=1)
-    session_logins_per_second: float = Field(0.2, gt=0, description="login/register attempts of one connection")
-    session_logins_burst: float = Field(5, ge=1)
-    user_logins_per_second: float = Field(1, gt=0, description="login attempts on one account, from anywhere")
-    user_logins_burst: float = Field(10, ge=1)
-    rate_limit_strikes: int = Field(20, ge=1, description="requests sent while told to wait, before a disconnect")
-    # failed logins: a delay doubling from login_delay_base up to login_delay_max after the free failures
-    login_free_failures: int = Field(5, ge=0, description="failed logins on one account before delays start")
-    address_free_failures: int = Field(20, ge=0, description="failed logins from one address before delays")
-    login_delay_base: float = Field(1.0, gt=0)
-    login_delay_max: float = Field(30.0, gt=0, description="the longest delay a run of failed logins earns")
-    login_failure_window: float = Field(900.0, gt=0, description="seconds after which failures are forgotten")
-    # caps
-    max_rooms_per_user: int = Field(100, ge=1, description="rooms one user is in at once")
-    max_rooms_created_per_user: int = Field(50, ge=0, description="rooms that exist and were created by one user "
-                                                                  "(admins: no cap)")
-    max_room_members: int = Field(20_000, ge=1, description="connections in one room")
-    max_sessions_per_user: int = Field(10, ge=1, description="connections logged in as one user")
     max_connections_per_address: int = Field(20, ge=1, description="connections from one IP (IPv6: one /64)")
     fd_reserve: int = Field(64, ge=8, description="file descriptors kept free for the store, the admin socket "
                                                   "and files: connections beyond the rest are refused")
     admin_uids: list[int] = Field(default_factory=list, description="OS users besides the server's own and root "
                                                                     "that may use the admin socket")
-    max_upload_bytes_per_day: int = Field(10 * 1024**3, ge=0, description="bytes one user may upload per UTC day")
-    # connections that go quiet or never finish
-    keepalive_interval: float = Field(30.0, gt=0, description="probe a connection after this long with no traffic")
-    keepalive_timeout: float = Field(60.0, gt=0, description="close a connection whose peer is gone this long")
-    login_timeout: float = Field(60.0, ge=0, description="close connections not logged in by then (0: never)")
-    idle_timeout: float = Field(0.0, ge=0, description="close connections silent this long (0: never)")
-    frame_timeout: float = Field(60.0, ge=0, description="longest time one frame may take to arrive (0: no limit)")
     handshake_timeout: float = Field(10.0, gt=0, description="TLS and WebSocket handshakes")
 
     # TLS: both or neither; then the TCP port speaks TLS and the WebSocket port WSS
@@ -131,28 +192,45 @@ class Settings(BaseSettings):
     allowed_origins: str = Field("", description="other origins whose pages may open a WebSocket, separated by "
                                                  "commas (e.g. https://chat.example.com); * allows any")
 
-    # file sharing
-    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=0, description="largest file a client may upload")
-    max_uploads_per_session: int = Field(4, ge=1, description="uploads one connection may have in progress")
-    max_uploads_per_user: int = Field(4, ge=1, description="uploads one user may have in progress, all connections")
-    max_uploads_total: int = Field(64, ge=1, description="uploads in progress on the whole server")
-    max_downloads_per_session: int = Field(4, ge=1, description="downloads one connection may have in progress")
-    max_downloads_total: int = Field(64, ge=1, description="downloads in progress on the whole server")
-    max_list_files: int = Field(200, ge=1, description="newest files listed by list_files")
-    list_page_max: int = Field(500, ge=1, le=10_000, description="entries in one page of a listing (rooms, users, "
-                                                                 "sessions)")
-    history_page_bytes: int = Field(1024 * 1024, ge=16 * 1024, description="bytes of one history page at most "
-                                                                           "(it keeps the newest events)")
-    upload_idle_timeout: float = Field(300.0, gt=0, description="seconds without a chunk before an upload is dropped")
-    min_free_disk_bytes: int = Field(64 * 1024 * 1024, ge=0, description="free space an upload must leave")
-    file_io_threads: int = Field(4, ge=1, description="worker threads for file reads and writes")
-    file_write_batch_bytes: int = Field(1024 * 1024, ge=4096, description="upload bytes gathered per disk write")
-    file_read_block_bytes: int = Field(1024 * 1024, ge=4096, description="download bytes read per disk read")
+    # the sections of the parts that use them. The rates and caps default to what suits a public server
+    # (docs/SECURITY.md); the benchmarks and the tests set their own.
+    watch: WatchConfig = Field(WatchConfig(), description="connections that go quiet or never finish")
+    chat: ChatConfig = Field(ChatConfig(), description="the chat rules")
+    files: FileConfig = Field(FileConfig(), description="file sharing")
 
-    # argon2id (OWASP: 19 MiB, 2 iterations, 1 lane)
-    argon2_memory_kib: int = Field(19 * 1024, ge=8)
-    argon2_time_cost: int = Field(2, ge=1)
-    argon2_parallelism: int = Field(1, ge=1)
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _FlatEnv(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest(cls, data: Any) -> Any:
+        """Flat keywords (``session_messages_burst=3``) go to their place in the tree, over what the
+        environment put there."""
+        if not isinstance(data, dict):
+            return data
+        tree = dict(data)
+        for key in list(tree):
+            variable = VARIABLES.get(key.lower()) if isinstance(key, str) else None
+            if variable is not None and len(variable.path) > 1:
+                _put(tree, variable, tree.pop(key))
+        return tree
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        """The values the sections take from the server's: where files go, how large a chunk is, and a
+        history page that fits in half a send queue."""
+        self.files = self.files.model_copy(update={
+            "uploads_dir": self.uploads_dir, "temp_dir": self.temp_uploads_dir,
+            "chunk_size": chunk_size_for_frame(self.max_frame_bytes)})
+        page = min(self.chat.history_page_bytes, self.send_queue_bytes // 2)
+        if page != self.chat.history_page_bytes:
+            self.chat = self.chat.model_copy(update={"history_page_bytes": page})
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -197,52 +275,17 @@ class Settings(BaseSettings):
     def admin_socket_path(self) -> Path:
         return self.admin_socket or self.data_dir / "admin.sock"
 
-    def file_config(self) -> FileConfig:
-        return FileConfig(
-            uploads_dir=self.uploads_dir,
-            temp_dir=self.temp_uploads_dir,
-            max_upload_bytes=self.max_upload_bytes,
-            max_uploads_per_session=self.max_uploads_per_session,
-            max_uploads_per_user=self.max_uploads_per_user,
-            max_uploads_total=self.max_uploads_total,
-            max_downloads_per_session=self.max_downloads_per_session,
-            max_downloads_total=self.max_downloads_total,
-            max_list_files=self.max_list_files,
-            chunk_size=chunk_size_for_frame(self.max_frame_bytes),
-            write_batch_bytes=self.file_write_batch_bytes,
-            read_block_bytes=self.file_read_block_bytes,
-            io_threads=self.file_io_threads,
-            upload_idle_timeout=self.upload_idle_timeout,
-            min_free_bytes=self.min_free_disk_bytes,
-        )
 
-    def chat_config(self) -> ChatConfig:
-        return ChatConfig(
-            max_message_chars=self.max_message_chars,
-            rejoin_grace=self.rejoin_grace,
-            argon2_memory_kib=self.argon2_memory_kib,
-            argon2_time_cost=self.argon2_time_cost,
-            argon2_parallelism=self.argon2_parallelism,
-            history_page_bytes=min(self.history_page_bytes, self.send_queue_bytes // 2),
-            list_page_max=self.list_page_max,
-            limits=self.limits_config(),
-        )
+# Every setting by name, in the order of the tree.
+VARIABLES: dict[str, Variable] = {v.name: v for v in _variables(Settings)}
+_BY_PATH: dict[tuple[str, ...], Variable] = {v.path: v for v in VARIABLES.values()}
 
-    def limits_config(self) -> LimitsConfig:
-        def rate(kind: str) -> Rate:
-            return Rate(getattr(self, f"{kind}_per_second"), getattr(self, f"{kind}_burst"))
 
-        return LimitsConfig(
-            session_requests=rate("session_requests"), user_requests=rate("user_requests"),
-            session_messages=rate("session_messages"), user_messages=rate("user_messages"),
-            session_joins=rate("session_joins"), user_joins=rate("user_joins"),
-            session_logins=rate("session_logins"), user_logins=rate("user_logins"),
-            bot_requests=rate("bot_requests"), bot_messages=rate("bot_messages"), user_creates=rate("user_creates"),
-            max_rooms_created_per_user=self.max_rooms_created_per_user,
-            strikes=self.rate_limit_strikes,
-            login_free_failures=self.login_free_failures, address_free_failures=self.address_free_failures,
-            login_delay_base=self.login_delay_base, login_delay_max=self.login_delay_max,
-            login_failure_window=self.login_failure_window,
-            max_rooms_per_user=self.max_rooms_per_user, max_room_members=self.max_room_members,
-            max_sessions_per_user=self.max_sessions_per_user, max_upload_bytes_per_day=self.max_upload_bytes_per_day,
-        )
+def setting_name(loc: tuple[int | str, ...]) -> str:
+    """The name operators know for the place ``loc`` of a validation error (``chat.limits.strikes``:
+    ``rate_limit_strikes``)."""
+    for end in range(len(loc), 0, -1):
+        variable = _BY_PATH.get(tuple(str(part) for part in loc[:end]))
+        if variable is not None:
+            return variable.name
+    return ".".join(str(part) for part in loc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from utuvox.chat.limits import SessionLimiter, monotonic
+from utuvox.chat.limits import SessionLimiter
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session
 from utuvox.protocol import ProtocolError
@@ -37,7 +37,7 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
             wait = requests.take() if requests is not None else 0.0
             if wait:
                 assert limiter is not None
-                exc = chat.limits.refuse(session, limiter, monotonic(), wait, "requests")
+                exc = chat.limits.refuse(session, limiter, chat.clock.now(), wait, "requests")
                 client.fail("*", "RATE_LIMITED", exc.message)
                 continue
             try:
