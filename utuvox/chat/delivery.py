@@ -16,7 +16,7 @@ from collections.abc import Callable
 import trio
 
 from utuvox.protocol import Event
-from utuvox.protocol.schema import SERVER_FRAME
+from utuvox.protocol.stored import CURRENT_VERSION, load_event
 from utuvox.store import Store, StoredEvent, StoreError
 
 from .rooms import Delivered, Room
@@ -29,10 +29,13 @@ RETRY_DELAY = 0.5  # seconds before a failed catch-up query is tried again
 
 
 def stored_wire(stored: StoredEvent) -> Wire:
-    """The wire of an event read back from the store (its body is the JSON members get)."""
-    event = SERVER_FRAME.validate_json(stored.body)
+    """The wire of an event read back from the store (its body is the JSON members get, unless it is of an
+    older schema version: then it is encoded again)."""
+    event = load_event(stored.version, stored.body)
     if not isinstance(event, Event):
         raise ValueError(f"stored row {stored.seq} is not an event")
+    if stored.version != CURRENT_VERSION:
+        return Wire(event)
     return Wire.encoded(event, stored.body.encode() + b"\n")
 
 

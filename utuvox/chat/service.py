@@ -22,7 +22,7 @@ import trio
 
 from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, utc_now
 from utuvox.protocol import core as p
-from utuvox.protocol.schema import SERVER_FRAME
+from utuvox.protocol.stored import load_event, load_private
 from utuvox.store import Conflict, RoomRecord, Store, StoredEvent, StoreError, UserRecord
 
 from .admin_key import AdminKey
@@ -544,7 +544,7 @@ class Chat:
 
     @staticmethod
     def parse_event(stored: StoredEvent) -> Any:
-        return SERVER_FRAME.validate_json(stored.body)
+        return load_event(stored.version, stored.body)
 
     def unique_users(self, room: Room) -> list[p.UserInfo]:
         """The room's users, each once however many sessions (on however many nodes) they have in it."""
@@ -830,7 +830,7 @@ class Chat:
                                                  latest=latest)
         more = len(found) > limit
         found = found[-limit:] if latest else found[:limit]
-        return [p.PrivateMessage.model_validate_json(m.body).model_copy(update={"seq": m.id}) for m in found], more
+        return [load_private(m.version, m.body).model_copy(update={"seq": m.id}) for m in found], more
 
     async def history_page(self, room: Room, before: int | None, limit: int,
                            peer: Peer | None = None) -> tuple[list[Any], bool]:

@@ -4,7 +4,9 @@ While that transaction runs, new operations pile up for the next one, so under l
 hundreds of rows and the per-message cost of durability falls to almost nothing.
 
 An engine subclasses :class:`GroupCommit` and supplies ``_commit_sync`` (one transaction for a batch,
-an outcome per operation, one failing operation not undoing its neighbours) and ``_can_write``.
+an outcome per operation, one failing operation not undoing its neighbours) and ``_can_write``. The
+transaction runs on a worker thread that the committer task awaits, so no thread outlives the task that
+started it; an engine with nothing to wait for (memory) overrides ``_commit_batch`` to stay on the loop.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class GroupCommit(Generic[C]):
     def _can_write(self) -> bool:
         raise NotImplementedError
 
+    async def _commit_batch(self, batch: list[Pending[C]]) -> list[Outcome]:
+        """One transaction on the writer thread (owned by this task: it awaits the thread's end)."""
+        return await trio.to_thread.run_sync(self._commit_sync, batch, limiter=self._writes)
+
     def _committed(self) -> None:
         """Runs in the event loop after each batch's callbacks (for an engine that tells others)."""
 
@@ -95,7 +101,7 @@ class GroupCommit(Generic[C]):
         self._space.unpark_all()
         if not batch:
             return
-        outcomes = await trio.to_thread.run_sync(self._commit_sync, batch, limiter=self._writes)
+        outcomes = await self._commit_batch(batch)
         self.commits += 1
         self.committed_ops += len(batch)
         for item, (result, error) in zip(batch, outcomes, strict=True):

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from utuvox.protocol.stored import CURRENT_VERSION
+
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, I/O error...). Nothing was changed."""
@@ -43,7 +45,8 @@ class RoomRecord:
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """One room event as stored: its sequence number and its JSON form (the same bytes clients get)."""
+    """One room event as stored: its sequence number and its JSON form (the same bytes clients got),
+    in the form of schema ``version`` (see :mod:`utuvox.protocol.stored`)."""
 
     room_id: int
     seq: int
@@ -51,6 +54,7 @@ class StoredEvent:
     type: str
     user: str
     body: str
+    version: int = CURRENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class StoredPrivate:
     sender: str
     recipient: str
     body: str
+    version: int = CURRENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +172,10 @@ class Store(Protocol):
     async def set_topic(self, room_id: int, topic: str | None, by: str, ts: float) -> None: ...
 
     # private messages
-    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str) -> int:
-        """Commit one private message; returns its id (increasing in commit order)."""
+    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str,
+                          version: int = CURRENT_VERSION) -> int:
+        """Commit one private message (``body`` in the form of schema ``version``); returns its id
+        (increasing in commit order)."""
 
     async def private_history(self, a: str, b: str, *, after: int | None, before: int | None, limit: int,
                               latest: bool) -> list[StoredPrivate]:

@@ -4,6 +4,14 @@ add the next. The version lives in SQLite's ``user_version``.
 
 from __future__ import annotations
 
+# The schema version of each stored body (utuvox.protocol.stored), so the form of an event can change
+# without making old history unreadable: every body written before had version 1. The same statements
+# serve both engines.
+STORED_VERSION = [
+    "ALTER TABLE events ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE private_messages ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+]
+
 MIGRATIONS: dict[int, list[str]] = {
     1: [
         """CREATE TABLE users (
@@ -79,6 +87,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX private_sender_ts ON private_messages(sender, ts)",
         "CREATE INDEX private_recipient_ts ON private_messages(recipient, ts)",
     ],
+    3: STORED_VERSION,
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -160,6 +169,7 @@ PG_MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX private_sender_ts ON private_messages(sender, ts)",
         "CREATE INDEX private_recipient_ts ON private_messages(recipient, ts)",
     ],
+    3: STORED_VERSION,
 }
 
 PG_SCHEMA_VERSION = max(PG_MIGRATIONS)

@@ -22,31 +22,11 @@ import trio
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
-from .group_commit import GroupCommit, Outcome, Pending
-from .interface import (
-    AdminLogRecord,
-    CommitCallback,
-    Conflict,
-    FileRecord,
-    RoomRecord,
-    StoredEvent,
-    StoredPrivate,
-    StoreError,
-    UserRecord,
-    numbered,
-)
+from .group_commit import Outcome, Pending
+from .interface import Conflict, StoreError, numbered
 from .migrations import PG_MIGRATIONS, PG_SCHEMA_VERSION
-from .rows import (
-    FILE_SELECT,
-    SchemaTooNew,
-    file_record,
-    now,
-    page_bounds,
-    pair,
-    private_record,
-    room_record,
-    user_record,
-)
+from .rows import SchemaTooNew
+from .sql import SqlStore
 
 log = logging.getLogger("utuvox.store")
 
@@ -57,41 +37,42 @@ MIGRATION_LOCK = 0x75747576  # the advisory lock nodes take to migrate one at a 
 # A long run of events goes in with COPY: measured at about twice the rows per second of a pipelined
 # executemany; a short one with executemany, which costs fewer round trips (a lone message waits less).
 COPY_FROM = 32
-COPY_EVENTS = 'COPY events (room_id, seq, ts, type, "user", body) FROM STDIN'
+COPY_EVENTS = 'COPY events (room_id, seq, ts, type, "user", body, version) FROM STDIN'
 # The same as _transaction does step by step, in one statement: lock the rooms' counters in id order, number
 # each room's rows in batch order, store them with their number in their body, and move the counters.
 NUMBER_AND_STORE = """
 WITH input AS (
     SELECT * FROM unnest(%(rooms)s::bigint[], %(ts)s::float8[], %(types)s::text[], %(users)s::text[],
-                         %(bodies)s::text[]) WITH ORDINALITY AS t(room_id, ts, type, "user", body, n)
+                         %(bodies)s::text[], %(versions)s::int[])
+                  WITH ORDINALITY AS t(room_id, ts, type, "user", body, version, n)
 ), locked AS (
     SELECT id, last_seq FROM rooms WHERE id IN (SELECT room_id FROM input) ORDER BY id FOR NO KEY UPDATE
 ), numbered AS (
     SELECT i.n, i.room_id, l.last_seq + row_number() OVER (PARTITION BY i.room_id ORDER BY i.n) AS seq,
-           i.ts, i.type, i."user", i.body
+           i.ts, i.type, i."user", i.body, i.version
     FROM input i JOIN locked l ON l.id = i.room_id
 ), stored AS (
-    INSERT INTO events(room_id, seq, ts, type, "user", body)
-    SELECT room_id, seq, ts, type, "user", replace(body, ',"seq":0,', ',"seq":' || seq || ',') FROM numbered
+    INSERT INTO events(room_id, seq, ts, type, "user", body, version)
+    SELECT room_id, seq, ts, type, "user", replace(body, ',"seq":0,', ',"seq":' || seq || ','), version FROM numbered
 ), counted AS (
     UPDATE rooms SET last_seq = m.last
     FROM (SELECT room_id, max(seq) AS last FROM numbered GROUP BY room_id) m WHERE rooms.id = m.room_id
 )
 SELECT n, seq FROM numbered ORDER BY n
 """
-INSERT_EVENT = 'INSERT INTO events(room_id, seq, ts, type, "user", body) VALUES (%s, %s, %s, %s, %s, %s)'
-
-
-def _event(row: dict[str, Any]) -> StoredEvent:
-    return StoredEvent(row["room_id"], row["seq"], row["ts"], row["type"], row["user"], row["body"])
+INSERT_EVENT = ('INSERT INTO events(room_id, seq, ts, type, "user", body, version)'
+                ' VALUES (%s, %s, %s, %s, %s, %s, %s)')
 
 
 class RoomGone(StoreError):
     """The event's room was deleted before the event could be stored."""
 
 
-class PostgresStore(GroupCommit[Conn]):
+class PostgresStore(SqlStore[Conn]):
     """Create with :meth:`open`, run :meth:`run` in a nursery, then use."""
+
+    # Rooms keep their own counter, moved inside the commit.
+    LAST_SEQ = "SELECT last_seq AS s FROM rooms WHERE id = %s"
 
     def __init__(self, url: str, *, max_pending: int = 50_000, max_batch: int = 1000, read_threads: int = 4) -> None:
         super().__init__(max_pending=max_pending, max_batch=max_batch)
@@ -267,7 +248,7 @@ class PostgresStore(GroupCommit[Conn]):
         columns = list(zip(*rows, strict=True))  # type: ignore[misc]
         numbered = conn.execute(NUMBER_AND_STORE, {
             "rooms": list(columns[0]), "ts": list(columns[2]), "types": list(columns[3]),
-            "users": list(columns[4]), "bodies": list(columns[5]),
+            "users": list(columns[4]), "bodies": list(columns[5]), "versions": list(columns[6]),
         }).fetchall()
         conn.commit()
         seqs = {r["n"]: r["seq"] for r in numbered}
@@ -302,13 +283,13 @@ class PostgresStore(GroupCommit[Conn]):
         """Each item's row numbered from its room's counter (or no row and an error: the room is gone)."""
         run: list[tuple[tuple[Any, ...] | None, Outcome]] = []
         for item in items:
-            room_id, _seq, ts, kind, user, body = item.row  # type: ignore[misc]
+            room_id, _seq, ts, kind, user, body, version = item.row  # type: ignore[misc]
             last = counters.get(room_id)
             if last is None:
                 run.append((None, (None, RoomGone("the room no longer exists"))))
                 continue
             seq = counters[room_id] = last + 1
-            run.append(((room_id, seq, ts, kind, user, numbered(body, seq)), (seq, None)))
+            run.append(((room_id, seq, ts, kind, user, numbered(body, seq), version), (seq, None)))
         return run
 
     def _insert_one(self, conn: Conn, item: Pending[Conn], counters: dict[int, int]) -> Outcome:
@@ -345,7 +326,7 @@ class PostgresStore(GroupCommit[Conn]):
 
     # --- reads ----------------------------------------------------------------------------------
 
-    async def read(self, op: Callable[[Conn], T]) -> T:
+    async def read(self, op: Callable[[Any], T]) -> T:
         async with self._reads:
             conn = self._readers.pop() if self._readers else None
 
@@ -366,87 +347,10 @@ class PostgresStore(GroupCommit[Conn]):
                 elif conn is not None:
                     conn.close()
 
-    # --- users ----------------------------------------------------------------------------------
-
-    async def create_user(self, name: str, password_hash: str, *, is_admin: bool, is_bot: bool) -> UserRecord:
-        def op(conn: Conn) -> UserRecord:
-            row = conn.execute(
-                "INSERT INTO users(name, name_key, password_hash, is_admin, is_bot, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING *",
-                (name, name.lower(), password_hash, is_admin, is_bot, now()),
-            ).fetchone()
-            assert row is not None
-            return user_record(row)
-
-        return await self.write(op)
-
-    async def get_user(self, name: str) -> UserRecord | None:
-        def op(conn: Conn) -> UserRecord | None:
-            row = conn.execute("SELECT * FROM users WHERE name_key = %s", (name.lower(),)).fetchone()
-            return user_record(row) if row else None
-
-        return await self.read(op)
-
-    async def list_users(self, *, after: str | None = None, limit: int | None = None) -> list[UserRecord]:
-        def op(conn: Conn) -> list[UserRecord]:
-            rows = conn.execute("SELECT * FROM users WHERE name_key > %s ORDER BY name_key LIMIT %s",
-                                ((after or "").lower(), limit))
-            return [user_record(r) for r in rows]
-
-        return await self.read(op)
-
-    async def count_users(self) -> int:
-        return await self.read(lambda c: c.execute("SELECT COUNT(*) AS n FROM users").fetchone()["n"])
-
-    _USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
-
-    async def update_user(self, name: str, **changes: Any) -> bool:
-        unknown = set(changes) - self._USER_COLUMNS
-        if unknown:
-            raise ValueError(f"unknown user fields: {sorted(unknown)}")
-        if not changes:
-            return await self.get_user(name) is not None
-        assignments = ", ".join(f"{column} = %s" for column in changes)
-
-        def op(conn: Conn) -> bool:
-            cursor = conn.execute(f"UPDATE users SET {assignments} WHERE name_key = %s",  # type: ignore[arg-type]
-                                  (*changes.values(), name.lower()))
-            return cursor.rowcount > 0
-
-        return await self.write(op)
-
     # --- rooms ----------------------------------------------------------------------------------
-
-    async def create_room(self, name: str, created_by: str | None) -> RoomRecord:
-        def op(conn: Conn) -> RoomRecord:
-            row = conn.execute(
-                "INSERT INTO rooms(name, name_key, created_by, created_at) VALUES (%s, %s, %s, %s) RETURNING *",
-                (name, name.lower(), created_by, now()),
-            ).fetchone()
-            assert row is not None
-            return room_record(row)
-
-        return await self.write(op)
-
-    async def get_room(self, name: str) -> RoomRecord | None:
-        def op(conn: Conn) -> RoomRecord | None:
-            row = conn.execute("SELECT * FROM rooms WHERE name_key = %s", (name.lower(),)).fetchone()
-            return room_record(row) if row else None
-
-        return await self.read(op)
-
-    async def list_rooms(self) -> list[RoomRecord]:
-        return await self.read(lambda c: [room_record(r) for r in c.execute("SELECT * FROM rooms ORDER BY name_key")])
 
     async def delete_room(self, room_id: int) -> None:
         await self.write(lambda c: c.execute("DELETE FROM rooms WHERE id = %s", (room_id,)))
-
-    async def last_seq(self, room_id: int) -> int:
-        def op(conn: Conn) -> int:
-            row = conn.execute("SELECT last_seq FROM rooms WHERE id = %s", (room_id,)).fetchone()
-            return row["last_seq"] if row else 0
-
-        return await self.read(op)
 
     async def room_seqs(self) -> dict[int, int]:
         return await self.read(lambda c: {r["id"]: r["last_seq"] for r in c.execute("SELECT id, last_seq FROM rooms")})
@@ -455,183 +359,6 @@ class PostgresStore(GroupCommit[Conn]):
         """Every room's name and last sequence number, by id (how a node checks it missed nothing)."""
         return await self.read(lambda c: {r["id"]: (r["name"], r["last_seq"])
                                           for r in c.execute("SELECT id, name, last_seq FROM rooms")})
-
-    # --- room history ---------------------------------------------------------------------------
-
-    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(None, lambda seq, error: on_commit(seq or 0, error),
-                    (event.room_id, 0, event.ts, event.type, event.user, event.body))
-
-    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
-        def op(conn: Conn) -> list[StoredEvent]:
-            if before is None:
-                rows = conn.execute("SELECT * FROM events WHERE room_id = %s ORDER BY seq DESC LIMIT %s",
-                                    (room_id, limit)).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT * FROM events WHERE room_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
-                    (room_id, before, limit)).fetchall()
-            return [_event(r) for r in reversed(rows)]
-
-        return await self.read(op)
-
-    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
-        def op(conn: Conn) -> list[StoredEvent]:
-            rows = conn.execute("SELECT * FROM events WHERE room_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                                (room_id, after, limit)).fetchall()
-            return [_event(r) for r in rows]
-
-        return await self.read(op)
-
-    async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
-                            latest: bool) -> list[StoredEvent]:
-        clause, params, order = page_bounds("seq", after, before, latest, "%s")
-
-        def op(conn: Conn) -> list[StoredEvent]:
-            rows = conn.execute(f"SELECT * FROM events WHERE room_id = %s{clause} ORDER BY {order} LIMIT %s",
-                                (room_id, *params, limit)).fetchall()
-            events = [_event(r) for r in rows]
-            return events[::-1] if latest else events
-
-        return await self.read(op)
-
-    async def seq_at(self, room_id: int, ts: float) -> int:
-        def op(conn: Conn) -> int:
-            row = conn.execute("SELECT MIN(seq) AS s FROM events WHERE room_id = %s AND ts >= %s",
-                               (room_id, ts)).fetchone()
-            if row is not None and row["s"] is not None:
-                return int(row["s"])
-            last = conn.execute("SELECT last_seq FROM rooms WHERE id = %s", (room_id,)).fetchone()
-            return (last["last_seq"] if last else 0) + 1
-
-        return await self.read(op)
-
-    async def set_topic(self, room_id: int, topic: str | None, by: str, ts: float) -> None:
-        await self.write(lambda c: c.execute("UPDATE rooms SET topic = %s, topic_by = %s, topic_ts = %s WHERE id = %s",
-                                             (topic, by, ts, room_id)))
-
-    # --- private messages -----------------------------------------------------------------------
-
-    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str) -> int:
-        def op(conn: Conn) -> int:
-            row = conn.execute(
-                "INSERT INTO private_messages(pair, ts, sender, recipient, body) VALUES (%s, %s, %s, %s, %s)"
-                " RETURNING id", (pair(sender, recipient), ts, sender.lower(), recipient.lower(), body)).fetchone()
-            assert row is not None
-            return int(row["id"])
-
-        return await self.write(op)
-
-    async def private_history(self, a: str, b: str, *, after: int | None, before: int | None, limit: int,
-                              latest: bool) -> list[StoredPrivate]:
-        clause, params, order = page_bounds("id", after, before, latest, "%s")
-
-        def op(conn: Conn) -> list[StoredPrivate]:
-            rows = conn.execute(f"SELECT * FROM private_messages WHERE pair = %s{clause} ORDER BY {order} LIMIT %s",
-                                (pair(a, b), *params, limit)).fetchall()
-            found = [private_record(r) for r in rows]
-            return found[::-1] if latest else found
-
-        return await self.read(op)
-
-    async def private_id_at(self, a: str, b: str, ts: float) -> int:
-        def op(conn: Conn) -> int:
-            key = pair(a, b)
-            row = conn.execute("SELECT MIN(id) AS i FROM private_messages WHERE pair = %s AND ts >= %s",
-                               (key, ts)).fetchone()
-            if row is not None and row["i"] is not None:
-                return int(row["i"])
-            last = conn.execute("SELECT MAX(id) AS i FROM private_messages WHERE pair = %s", (key,)).fetchone()
-            return (last["i"] if last and last["i"] is not None else 0) + 1
-
-        return await self.read(op)
-
-    async def private_peers(self, name: str, *, since: float, until: float, limit: int) -> list[tuple[str, float]]:
-        key = name.lower()
-
-        def op(conn: Conn) -> list[tuple[str, float]]:
-            rows = conn.execute(
-                "SELECT CASE WHEN sender = %s THEN recipient ELSE sender END AS peer, MAX(ts) AS last"
-                " FROM private_messages WHERE (sender = %s OR recipient = %s) AND ts > %s AND ts < %s"
-                " GROUP BY peer ORDER BY last DESC LIMIT %s", (key, key, key, since, until, limit)).fetchall()
-            return [(r["peer"], r["last"]) for r in rows]
-
-        return await self.read(op)
-
-    # --- files ----------------------------------------------------------------------------------
-
-    async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,
-                       uploader: str) -> FileRecord:
-        def op(conn: Conn) -> FileRecord:
-            row = conn.execute(
-                "INSERT INTO files(name, room_id, original, size, sha256, uploader, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (name, room_id, original, size, sha256, uploader, now()),
-            ).fetchone()
-            assert row is not None
-            full = conn.execute(f"{FILE_SELECT} WHERE files.id = %s", (row["id"],)).fetchone()  # type: ignore[arg-type]
-            assert full is not None
-            return file_record(full)
-
-        return await self.write(op)
-
-    async def get_file(self, name: str) -> FileRecord | None:
-        def op(conn: Conn) -> FileRecord | None:
-            row = conn.execute(f"{FILE_SELECT} WHERE files.name = %s", (name,)).fetchone()  # type: ignore[arg-type]
-            return file_record(row) if row else None
-
-        return await self.read(op)
-
-    async def list_files(self, room_id: int) -> list[FileRecord]:
-        return await self.read(lambda c: [
-            file_record(r) for r in c.execute(f"{FILE_SELECT} WHERE files.room_id = %s ORDER BY files.id",  # type: ignore[arg-type]
-                                              (room_id,))
-        ])
-
-    async def file_names(self) -> set[str]:
-        return await self.read(lambda c: {r["name"] for r in c.execute("SELECT name FROM files")})
-
-    async def delete_file(self, name: str) -> bool:
-        return await self.write(lambda c: c.execute("DELETE FROM files WHERE name = %s", (name,)).rowcount > 0)
-
-    async def delete_files_of_room(self, room_id: int) -> list[FileRecord]:
-        def op(conn: Conn) -> list[FileRecord]:
-            rows = [file_record(r) for r in conn.execute(f"{FILE_SELECT} WHERE files.room_id = %s",  # type: ignore[arg-type]
-                                                         (room_id,))]
-            conn.execute("DELETE FROM files WHERE room_id = %s", (room_id,))
-            return rows
-
-        return await self.write(op)
-
-    # --- admin log ------------------------------------------------------------------------------
-
-    async def add_admin_log(self, *, actor: str, via: str, action: str, target: str | None, outcome: str,
-                            detail: str | None) -> None:
-        def op(conn: Conn) -> None:
-            conn.execute(
-                "INSERT INTO admin_log(ts, actor, via, action, target, outcome, detail)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (now(), actor, via, action, target, outcome, detail),
-            )
-
-        await self.write(op)
-
-    async def admin_log(self, *, actor: str | None = None, action: str | None = None,
-                        since: str | None = None, limit: int = 100) -> list[AdminLogRecord]:
-        clauses, params = [], []
-        for column, value, test in (("actor", actor, "="), ("action", action, "="), ("ts", since, ">=")):
-            if value is not None:
-                clauses.append(f"{column} {test} %s")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-
-        def op(conn: Conn) -> list[AdminLogRecord]:
-            rows = conn.execute(f"SELECT * FROM admin_log {where} ORDER BY id DESC LIMIT %s",  # type: ignore[arg-type]
-                                (*params, limit)).fetchall()
-            return [AdminLogRecord(r["id"], r["ts"], r["actor"], r["via"], r["action"], r["target"],
-                                   r["outcome"], r["detail"]) for r in reversed(rows)]
-
-        return await self.read(op)
 
     # --- settings of the whole cluster ----------------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .interface import FileRecord, RoomRecord, StoredPrivate, StoreError, UserRecord
+from .interface import AdminLogRecord, FileRecord, RoomRecord, StoredEvent, StoredPrivate, StoreError, UserRecord
 
 Row = Mapping[str, Any]
 
@@ -29,8 +29,17 @@ def room_record(row: Row) -> RoomRecord:
                       row["topic_by"], row["topic_ts"])
 
 
+def event_record(row: Row) -> StoredEvent:
+    return StoredEvent(row["room_id"], row["seq"], row["ts"], row["type"], row["user"], row["body"], row["version"])
+
+
 def private_record(row: Row) -> StoredPrivate:
-    return StoredPrivate(row["id"], row["ts"], row["sender"], row["recipient"], row["body"])
+    return StoredPrivate(row["id"], row["ts"], row["sender"], row["recipient"], row["body"], row["version"])
+
+
+def admin_record(row: Row) -> AdminLogRecord:
+    return AdminLogRecord(row["id"], row["ts"], row["actor"], row["via"], row["action"], row["target"],
+                          row["outcome"], row["detail"])
 
 
 def page_bounds(column: str, after: int | None, before: int | None, latest: bool,

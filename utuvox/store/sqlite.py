@@ -18,44 +18,19 @@ from typing import Any, TypeVar
 
 import trio
 
-from .group_commit import GroupCommit, Outcome, Pending
-from .interface import (
-    AdminLogRecord,
-    CommitCallback,
-    Conflict,
-    FileRecord,
-    RoomRecord,
-    StoredEvent,
-    StoredPrivate,
-    StoreError,
-    UserRecord,
-    numbered,
-)
+from .group_commit import Outcome, Pending
+from .interface import Conflict, StoreError, numbered
 from .migrations import MIGRATIONS, SCHEMA_VERSION
-from .rows import FILE_SELECT as _FILE_SELECT
-from .rows import SchemaTooNew, page_bounds, pair, private_record
-from .rows import file_record as _file
-from .rows import now as _now
-from .rows import room_record as _room
-from .rows import user_record as _user
+from .rows import SchemaTooNew
+from .sql import SqlStore
 
 log = logging.getLogger("utuvox.store")
 
-INSERT_EVENT = "INSERT INTO events(room_id, seq, ts, type, user, body) VALUES (?, ?, ?, ?, ?, ?)"
-
-
-def _event_row(event: StoredEvent) -> tuple[Any, ...]:
-    return (event.room_id, event.seq, event.ts, event.type, event.user, event.body)
+INSERT_EVENT = "INSERT INTO events(room_id, seq, ts, type, user, body, version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 T = TypeVar("T")
 
 
-def _stored(r: sqlite3.Row) -> StoredEvent:
-    return StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"])
-
-
-def _range(column: str, after: int | None, before: int | None, latest: bool) -> tuple[str, list[Any], str]:
-    return page_bounds(column, after, before, latest, "?")
 def _create_private(path: Path) -> None:
     """Create the database file readable by its owner only (SQLite gives its -wal and -shm files the
     same mode), and warn if an existing one is readable by others: it holds every message and hash."""
@@ -71,8 +46,11 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-class SqliteStore(GroupCommit[sqlite3.Connection]):
+class SqliteStore(SqlStore[sqlite3.Connection]):
     """One database file. Create with :meth:`open`, run :meth:`run` in a nursery, then use."""
+
+    MARK = "?"
+    NO_LIMIT = -1
 
     def __init__(self, path: Path, *, max_pending: int = 50_000, max_batch: int = 1000, read_threads: int = 4) -> None:
         super().__init__(max_pending=max_pending, max_batch=max_batch)
@@ -185,9 +163,9 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
 
     def _number(self, conn: sqlite3.Connection, numbers: dict[int, int], row: tuple[Any, ...]) -> tuple[Any, ...]:
         """The row with the next sequence number of its room (counted in ``numbers``) in it."""
-        room_id, _seq, ts, kind, user, body = row
+        room_id, _seq, ts, kind, user, body, version = row
         seq = numbers[room_id] = self._next_seq(conn, numbers, room_id)
-        return (room_id, seq, ts, kind, user, numbered(body, seq))
+        return (room_id, seq, ts, kind, user, numbered(body, seq), version)
 
     @property
     def _can_write(self) -> bool:
@@ -268,7 +246,7 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
 
     # --- reads ----------------------------------------------------------------------------------
 
-    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, op: Callable[[Any], T]) -> T:
         async with self._reads:  # as many readers as connections: one is always free here
             conn = self._idle_readers.pop()
             try:
@@ -282,77 +260,6 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
             finally:
                 self._idle_readers.append(conn)
 
-    # --- users ----------------------------------------------------------------------------------
-
-    async def create_user(self, name: str, password_hash: str, *, is_admin: bool, is_bot: bool) -> UserRecord:
-        def op(conn: sqlite3.Connection) -> UserRecord:
-            conn.execute(
-                "INSERT INTO users(name, name_key, password_hash, is_admin, is_bot, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, name.lower(), password_hash, int(is_admin), int(is_bot), _now()),
-            )
-            row = conn.execute("SELECT * FROM users WHERE name_key = ?", (name.lower(),)).fetchone()
-            return _user(row)
-
-        return await self.write(op)
-
-    async def get_user(self, name: str) -> UserRecord | None:
-        def op(conn: sqlite3.Connection) -> UserRecord | None:
-            row = conn.execute("SELECT * FROM users WHERE name_key = ?", (name.lower(),)).fetchone()
-            return _user(row) if row else None
-
-        return await self.read(op)
-
-    async def list_users(self, *, after: str | None = None, limit: int | None = None) -> list[UserRecord]:
-        def op(conn: sqlite3.Connection) -> list[UserRecord]:
-            rows = conn.execute("SELECT * FROM users WHERE name_key > ? ORDER BY name_key LIMIT ?",
-                                ((after or "").lower(), -1 if limit is None else limit))
-            return [_user(r) for r in rows]
-
-        return await self.read(op)
-
-    async def count_users(self) -> int:
-        return await self.read(lambda c: c.execute("SELECT COUNT(*) FROM users").fetchone()[0])
-
-    _USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
-
-    async def update_user(self, name: str, **changes: Any) -> bool:
-        unknown = set(changes) - self._USER_COLUMNS
-        if unknown:
-            raise ValueError(f"unknown user fields: {sorted(unknown)}")
-        if not changes:
-            return await self.get_user(name) is not None
-        assignments = ", ".join(f"{column} = ?" for column in changes)
-        values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
-
-        def op(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(f"UPDATE users SET {assignments} WHERE name_key = ?", (*values, name.lower()))
-            return cursor.rowcount > 0
-
-        return await self.write(op)
-
-    # --- rooms ----------------------------------------------------------------------------------
-
-    async def create_room(self, name: str, created_by: str | None) -> RoomRecord:
-        def op(conn: sqlite3.Connection) -> RoomRecord:
-            conn.execute(
-                "INSERT INTO rooms(name, name_key, created_by, created_at) VALUES (?, ?, ?, ?)",
-                (name, name.lower(), created_by, _now()),
-            )
-            return _room(conn.execute("SELECT * FROM rooms WHERE name_key = ?", (name.lower(),)).fetchone())
-
-        return await self.write(op)
-
-    async def get_room(self, name: str) -> RoomRecord | None:
-        def op(conn: sqlite3.Connection) -> RoomRecord | None:
-            row = conn.execute("SELECT * FROM rooms WHERE name_key = ?", (name.lower(),)).fetchone()
-            return _room(row) if row else None
-
-        return await self.read(op)
-
-    async def list_rooms(self) -> list[RoomRecord]:
-        return await self.read(lambda c: [_room(r) for r in c.execute("SELECT * FROM rooms ORDER BY name_key")])
-
     async def delete_room(self, room_id: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM events WHERE room_id = ?", (room_id,))
@@ -362,13 +269,6 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
 
         await self.write(op)
 
-    async def last_seq(self, room_id: int) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MAX(seq) FROM events WHERE room_id = ?", (room_id,)).fetchone()
-            return row[0] or 0
-
-        return await self.read(op)
-
     # --- room history ---------------------------------------------------------------------------
 
     async def room_seqs(self) -> dict[int, int]:
@@ -377,175 +277,3 @@ class SqliteStore(GroupCommit[sqlite3.Connection]):
             return dict(conn.execute("SELECT room_id, MAX(seq) FROM events GROUP BY room_id").fetchall())
 
         return await self.read(op)
-
-    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(None, lambda seq, error: on_commit(seq or 0, error), _event_row(event))
-
-    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
-        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
-            if before is None:
-                rows = conn.execute(
-                    "SELECT * FROM events WHERE room_id = ? ORDER BY seq DESC LIMIT ?", (room_id, limit)
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    "SELECT * FROM events WHERE room_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                    (room_id, before, limit),
-                ).fetchall()
-            return [_stored(r) for r in reversed(rows)]
-
-        return await self.read(op)
-
-    async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
-                            latest: bool) -> list[StoredEvent]:
-        clause, params, order = _range("seq", after, before, latest)
-
-        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
-            rows = conn.execute(f"SELECT * FROM events WHERE room_id = ?{clause} ORDER BY {order} LIMIT ?",
-                                (room_id, *params, limit)).fetchall()
-            events = [_stored(r) for r in rows]
-            return events[::-1] if latest else events
-
-        return await self.read(op)
-
-    async def seq_at(self, room_id: int, ts: float) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MIN(seq) FROM events WHERE room_id = ? AND ts >= ?", (room_id, ts)).fetchone()
-            if row[0] is not None:
-                return int(row[0])
-            last = conn.execute("SELECT MAX(seq) FROM events WHERE room_id = ?", (room_id,)).fetchone()[0]
-            return (last or 0) + 1
-
-        return await self.read(op)
-
-    async def set_topic(self, room_id: int, topic: str | None, by: str, ts: float) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE rooms SET topic = ?, topic_by = ?, topic_ts = ? WHERE id = ?",
-                         (topic, by, ts, room_id))
-
-        await self.write(op)
-
-    # --- private messages -----------------------------------------------------------------------
-
-    async def add_private(self, *, ts: float, sender: str, recipient: str, body: str) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "INSERT INTO private_messages(pair, ts, sender, recipient, body) VALUES (?, ?, ?, ?, ?)",
-                (pair(sender, recipient), ts, sender.lower(), recipient.lower(), body))
-            return int(cursor.lastrowid or 0)
-
-        return await self.write(op)
-
-    async def private_history(self, a: str, b: str, *, after: int | None, before: int | None, limit: int,
-                              latest: bool) -> list[StoredPrivate]:
-        clause, params, order = _range("id", after, before, latest)
-
-        def op(conn: sqlite3.Connection) -> list[StoredPrivate]:
-            rows = conn.execute(f"SELECT * FROM private_messages WHERE pair = ?{clause} ORDER BY {order} LIMIT ?",
-                                (pair(a, b), *params, limit)).fetchall()
-            found = [private_record(r) for r in rows]
-            return found[::-1] if latest else found
-
-        return await self.read(op)
-
-    async def private_id_at(self, a: str, b: str, ts: float) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            key = pair(a, b)
-            row = conn.execute("SELECT MIN(id) FROM private_messages WHERE pair = ? AND ts >= ?", (key, ts)).fetchone()
-            if row[0] is not None:
-                return int(row[0])
-            last = conn.execute("SELECT MAX(id) FROM private_messages WHERE pair = ?", (key,)).fetchone()[0]
-            return (last or 0) + 1
-
-        return await self.read(op)
-
-    async def private_peers(self, name: str, *, since: float, until: float, limit: int) -> list[tuple[str, float]]:
-        key = name.lower()
-
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
-            rows = conn.execute(
-                "SELECT CASE WHEN sender = ? THEN recipient ELSE sender END AS peer, MAX(ts) AS last"
-                " FROM private_messages WHERE (sender = ? OR recipient = ?) AND ts > ? AND ts < ?"
-                " GROUP BY peer ORDER BY last DESC LIMIT ?", (key, key, key, since, until, limit)).fetchall()
-            return [(r["peer"], r["last"]) for r in rows]
-
-        return await self.read(op)
-
-    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
-        def op(conn: sqlite3.Connection) -> list[StoredEvent]:
-            rows = conn.execute("SELECT * FROM events WHERE room_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                                (room_id, after, limit)).fetchall()
-            return [StoredEvent(r["room_id"], r["seq"], r["ts"], r["type"], r["user"], r["body"]) for r in rows]
-
-        return await self.read(op)
-
-    # --- files ----------------------------------------------------------------------------------
-
-    async def add_file(self, *, name: str, room_id: int, original: str, size: int, sha256: str,
-                       uploader: str) -> FileRecord:
-        def op(conn: sqlite3.Connection) -> FileRecord:
-            cursor = conn.execute(
-                "INSERT INTO files(name, room_id, original, size, sha256, uploader, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, room_id, original, size, sha256, uploader, _now()),
-            )
-            return _file(conn.execute(f"{_FILE_SELECT} WHERE files.id = ?", (cursor.lastrowid,)).fetchone())
-
-        return await self.write(op)
-
-    async def get_file(self, name: str) -> FileRecord | None:
-        def op(conn: sqlite3.Connection) -> FileRecord | None:
-            row = conn.execute(f"{_FILE_SELECT} WHERE files.name = ?", (name,)).fetchone()
-            return _file(row) if row else None
-
-        return await self.read(op)
-
-    async def list_files(self, room_id: int) -> list[FileRecord]:
-        return await self.read(lambda c: [
-            _file(r) for r in c.execute(f"{_FILE_SELECT} WHERE files.room_id = ? ORDER BY files.id", (room_id,))
-        ])
-
-    async def file_names(self) -> set[str]:
-        return await self.read(lambda c: {r[0] for r in c.execute("SELECT name FROM files")})
-
-    async def delete_file(self, name: str) -> bool:
-        return await self.write(lambda c: c.execute("DELETE FROM files WHERE name = ?", (name,)).rowcount > 0)
-
-    async def delete_files_of_room(self, room_id: int) -> list[FileRecord]:
-        def op(conn: sqlite3.Connection) -> list[FileRecord]:
-            rows = [_file(r) for r in conn.execute(f"{_FILE_SELECT} WHERE files.room_id = ?", (room_id,))]
-            conn.execute("DELETE FROM files WHERE room_id = ?", (room_id,))
-            return rows
-
-        return await self.write(op)
-
-    # --- admin log ------------------------------------------------------------------------------
-
-    async def add_admin_log(self, *, actor: str, via: str, action: str, target: str | None, outcome: str,
-                            detail: str | None) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO admin_log(ts, actor, via, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_now(), actor, via, action, target, outcome, detail),
-            )
-
-        await self.write(op)
-
-    async def admin_log(self, *, actor: str | None = None, action: str | None = None,
-                        since: str | None = None, limit: int = 100) -> list[AdminLogRecord]:
-        clauses, params = [], []
-        for column, value, test in (("actor", actor, "="), ("action", action, "="), ("ts", since, ">=")):
-            if value is not None:
-                clauses.append(f"{column} {test} ?")
-                params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-
-        def op(conn: sqlite3.Connection) -> list[AdminLogRecord]:
-            rows = conn.execute(
-                f"SELECT * FROM admin_log {where} ORDER BY id DESC LIMIT ?", (*params, limit)
-            ).fetchall()
-            return [AdminLogRecord(r["id"], r["ts"], r["actor"], r["via"], r["action"], r["target"],
-                                   r["outcome"], r["detail"]) for r in reversed(rows)]
-
-        return await self.read(op)
-
