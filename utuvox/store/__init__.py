@@ -4,6 +4,7 @@ from .interface import (
     AdminLogRecord,
     Conflict,
     FileRecord,
+    RoomGone,
     RoomRecord,
     Store,
     StoredEvent,
@@ -11,7 +12,8 @@ from .interface import (
     StoreError,
     UserRecord,
 )
+from .memory import MemoryStore
 from .sqlite import SchemaTooNew, SqliteStore
 
-__all__ = ["AdminLogRecord", "Conflict", "FileRecord", "RoomRecord", "SchemaTooNew", "SqliteStore", "Store",
-           "StoreError", "StoredEvent", "StoredPrivate", "UserRecord"]
+__all__ = ["AdminLogRecord", "Conflict", "FileRecord", "MemoryStore", "RoomGone", "RoomRecord", "SchemaTooNew",
+           "SqliteStore", "Store", "StoreError", "StoredEvent", "StoredPrivate", "UserRecord"]

@@ -101,7 +101,10 @@ class GroupCommit(Generic[C]):
         self._space.unpark_all()
         if not batch:
             return
-        outcomes = await self._commit_batch(batch)
+        # Shielded: once taken from the queue, a batch is committed and its writers told, even if the
+        # committer is being cancelled (else they would wait forever).
+        with trio.CancelScope(shield=True):
+            outcomes = await self._commit_batch(batch)
         self.commits += 1
         self.committed_ops += len(batch)
         for item, (result, error) in zip(batch, outcomes, strict=True):

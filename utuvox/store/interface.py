@@ -20,6 +20,10 @@ class Conflict(StoreError):
     """A unique name is taken (case-insensitively)."""
 
 
+class RoomGone(StoreError):
+    """The event's room was deleted before the event could be stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     id: int

@@ -23,7 +23,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
 from .group_commit import Outcome, Pending
-from .interface import Conflict, StoreError, numbered
+from .interface import Conflict, RoomGone, StoreError, numbered
 from .migrations import PG_MIGRATIONS, PG_SCHEMA_VERSION
 from .rows import SchemaTooNew
 from .sql import SqlStore
@@ -62,10 +62,6 @@ SELECT n, seq FROM numbered ORDER BY n
 """
 INSERT_EVENT = ('INSERT INTO events(room_id, seq, ts, type, "user", body, version)'
                 ' VALUES (%s, %s, %s, %s, %s, %s, %s)')
-
-
-class RoomGone(StoreError):
-    """The event's room was deleted before the event could be stored."""
 
 
 class PostgresStore(SqlStore[Conn]):
