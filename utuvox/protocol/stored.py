@@ -28,9 +28,12 @@ class UnknownVersion(ValueError):
     """A stored body is of a version this UtuVox cannot read (written by a newer one)."""
 
 
-def upgrade(version: int, data: dict[str, Any], *, steps: Mapping[int, Step] = STEPS,
-            to: int = CURRENT_VERSION) -> dict[str, Any]:
-    """``data``, a body of ``version``, in the form of version ``to``."""
+def upgrade(version: int, data: dict[str, Any], *, steps: Mapping[int, Step] | None = None,
+            to: int | None = None) -> dict[str, Any]:
+    """``data``, a body of ``version``, in the form of version ``to`` (by default today's, through
+    :data:`STEPS`)."""
+    steps = STEPS if steps is None else steps
+    to = CURRENT_VERSION if to is None else to
     if version > to or version < 1:
         raise UnknownVersion(f"a stored event of version {version} cannot be read by this UtuVox "
                              f"(which knows versions 1 to {to})")
