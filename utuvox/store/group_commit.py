@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from .interface import StoreError
+from .interface import CommitCallback, StoredEvent, StoreError
 
 log = logging.getLogger("utuvox.store")
 
@@ -115,7 +115,22 @@ class GroupCommit(Generic[C]):
                 log.exception("commit callback failed")
         self._committed()
 
+    async def _drain(self) -> bool:
+        """Commit what is queued, then refuse new writes; False if that was done before (``close``
+        is safe to call twice)."""
+        if self._closed:
+            return False
+        while self._pending and self._can_write:
+            await self._commit_once()
+        self._closed = True
+        return True
+
     # --- queueing -------------------------------------------------------------------------------
+
+    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
+        """Queue a room event as a history row (numbered inside the commit: its ``seq`` is ignored)."""
+        self.submit(None, lambda seq, error: on_commit(seq or 0, error),
+                    (event.room_id, 0, event.ts, event.type, event.user, event.body, event.version))
 
     def submit(self, op: Callable[[C], Any] | None, on_done: Callable[[Any, BaseException | None], None],
                row: tuple[Any, ...] | None = None) -> None:

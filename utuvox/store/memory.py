@@ -19,9 +19,9 @@ import trio
 from utuvox.protocol.stored import CURRENT_VERSION
 
 from .group_commit import GroupCommit, Outcome, Pending
+from .history import PagedHistory
 from .interface import (
     AdminLogRecord,
-    CommitCallback,
     Conflict,
     FileRecord,
     RoomGone,
@@ -69,7 +69,7 @@ def _page(items: list[T], key: Callable[[T], int], after: int | None, before: in
     return chosen[-limit:] if latest else chosen[:limit]
 
 
-class MemoryStore(GroupCommit[Tables]):
+class MemoryStore(PagedHistory, GroupCommit[Tables]):
     """Create with :meth:`open` (or the constructor), run :meth:`run` in a nursery, then use."""
 
     def __init__(self, *, max_pending: int = 50_000, max_batch: int = 1000) -> None:
@@ -87,12 +87,8 @@ class MemoryStore(GroupCommit[Tables]):
 
     async def close(self) -> None:
         """Commit what is queued, then forget everything. Safe to call twice."""
-        if self._closed:
-            return
-        while self._pending:
-            await self._commit_once()
-        self._closed = True
-        self._tables = None
+        if await self._drain():
+            self._tables = None
 
     # --- group commit ---------------------------------------------------------------------------
 
@@ -228,16 +224,6 @@ class MemoryStore(GroupCommit[Tables]):
         await self.write(op)
 
     # --- room history ---------------------------------------------------------------------------
-
-    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(None, lambda seq, error: on_commit(seq or 0, error),
-                    (event.room_id, 0, event.ts, event.type, event.user, event.body, event.version))
-
-    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
-        return await self.history_range(room_id, after=None, before=before, limit=limit, latest=True)
-
-    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
-        return await self.history_range(room_id, after=after, before=None, limit=limit, latest=False)
 
     async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
                             latest: bool) -> list[StoredEvent]:

@@ -127,11 +127,8 @@ class PostgresStore(SqlStore[Conn]):
 
     async def close(self) -> None:
         """Commit what is queued, then close. Safe to call twice."""
-        if self._closed:
+        if not await self._drain():
             return
-        while self._pending and self._writer is not None:
-            await self._commit_once()
-        self._closed = True
         connections = [c for c in [self._writer, *self._readers] if c is not None]
         self._writer, self._readers = None, []
         for conn in connections:
@@ -323,25 +320,22 @@ class PostgresStore(SqlStore[Conn]):
     # --- reads ----------------------------------------------------------------------------------
 
     async def read(self, op: Callable[[Any], T]) -> T:
-        async with self._reads:
+        def run() -> T:
+            # The limiter lets in at most ``read_threads`` threads, so at most that many connections exist.
             conn = self._readers.pop() if self._readers else None
-
-            def run() -> T:
-                nonlocal conn
-                if conn is None or conn.closed or conn.broken:
-                    conn = self._connect(autocommit=True)
-                try:
-                    return op(conn)
-                except psycopg.Error as exc:
-                    raise StoreError(f"could not read the database: {exc}") from exc
-
+            if conn is None or conn.closed or conn.broken:
+                conn = self._connect(autocommit=True)
             try:
-                return await trio.to_thread.run_sync(run)
+                return op(conn)
+            except psycopg.Error as exc:
+                raise StoreError(f"could not read the database: {exc}") from exc
             finally:
-                if conn is not None and not conn.closed and not conn.broken and not self._closed:
+                if not conn.closed and not conn.broken and not self._closed:
                     self._readers.append(conn)
-                elif conn is not None:
+                else:
                     conn.close()
+
+        return await trio.to_thread.run_sync(run, limiter=self._reads)
 
     # --- rooms ----------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 from utuvox.protocol.stored import CURRENT_VERSION
 
 from .group_commit import GroupCommit
+from .history import PagedHistory
 from .interface import (
     AdminLogRecord,
-    CommitCallback,
     FileRecord,
     RoomRecord,
     StoredEvent,
@@ -41,17 +41,12 @@ T = TypeVar("T")
 USER_COLUMNS = frozenset({"password_hash", "is_admin", "is_bot", "banned", "ban_reason"})
 
 
-def event_row(event: StoredEvent) -> tuple[Any, ...]:
-    """The row the committer numbers and inserts (``seq`` is given inside the commit)."""
-    return (event.room_id, 0, event.ts, event.type, event.user, event.body, event.version)
-
-
 @functools.cache
 def _marked(sql: str, mark: str) -> str:
     return sql.replace("%s", mark)
 
 
-class SqlStore(GroupCommit[C]):
+class SqlStore(PagedHistory, GroupCommit[C]):
     MARK = "%s"  # the driver's placeholder
     NO_LIMIT: int | None = None  # what ``LIMIT`` takes for "no limit"
     # A room's last sequence number (one column, ``s``; no row or NULL for none).
@@ -131,15 +126,6 @@ class SqlStore(GroupCommit[C]):
             conn, "UPDATE rooms SET topic = %s, topic_by = %s, topic_ts = %s WHERE id = %s", (topic, by, ts, room_id)))
 
     # --- room history ---------------------------------------------------------------------------
-
-    def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
-        self.submit(None, lambda seq, error: on_commit(seq or 0, error), event_row(event))
-
-    async def history(self, room_id: int, *, before: int | None, limit: int) -> list[StoredEvent]:
-        return await self.history_range(room_id, after=None, before=before, limit=limit, latest=True)
-
-    async def events_after(self, room_id: int, after: int, limit: int) -> list[StoredEvent]:
-        return await self.history_range(room_id, after=after, before=None, limit=limit, latest=False)
 
     async def history_range(self, room_id: int, *, after: int | None, before: int | None, limit: int,
                             latest: bool) -> list[StoredEvent]:

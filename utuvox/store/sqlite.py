@@ -62,6 +62,8 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._read_threads = read_threads
         self._idle_readers: list[sqlite3.Connection] = []
         self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint = trio.CapacityLimiter(1)  # one thread for the checkpointer's connection
+        self._commits_since_checkpoint = trio.Event()  # set by each commit, renewed by each checkpoint
         self._writer: sqlite3.Connection | None = None
         # Each room's last sequence number, numbered inside the commit (only the writer thread touches it;
         # a room is read from the table the first time a batch writes to it).
@@ -116,11 +118,8 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
 
     async def close(self) -> None:
         """Commit what is queued, then close. Safe to call twice."""
-        if self._closed:
+        if not await self._drain():
             return
-        while self._pending:
-            await self._commit_once()
-        self._closed = True
         writer = self._writer
         if writer is not None:
             await trio.to_thread.run_sync(writer.close, limiter=self._writes)
@@ -140,18 +139,23 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
 
     async def _checkpoints(self, interval: float = 1.0) -> None:
         """Move committed pages from the WAL into the database now and then, off the commit path. A
-        PASSIVE checkpoint never blocks the writer; the WAL starts over once one has caught up."""
-        last = -1
+        PASSIVE checkpoint never blocks the writer; the WAL starts over once one has caught up. It
+        sleeps until a commit happens (an idle server never wakes for it), then lets ``interval`` pass
+        so that one checkpoint covers the commits of that while."""
         while True:
+            await self._commits_since_checkpoint.wait()
             await trio.sleep(interval)
+            self._commits_since_checkpoint = trio.Event()
             conn = self._checkpointer
-            if self.commits == last or conn is None:
+            if conn is None:
                 continue
-            last = self.commits
             try:
-                await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)", limiter=self._checkpoint)
             except sqlite3.Error as exc:
                 log.warning("checkpoint failed: %s", exc)
+
+    def _committed(self) -> None:
+        self._commits_since_checkpoint.set()
 
     def _next_seq(self, conn: sqlite3.Connection, numbers: dict[int, int], room_id: int) -> int:
         last = numbers.get(room_id)
@@ -247,18 +251,17 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
     # --- reads ----------------------------------------------------------------------------------
 
     async def read(self, op: Callable[[Any], T]) -> T:
-        async with self._reads:  # as many readers as connections: one is always free here
+        def run() -> T:
+            # The limiter lets in as many threads as there are connections: one is always free here.
             conn = self._idle_readers.pop()
             try:
-                def run() -> T:
-                    try:
-                        return op(conn)
-                    except sqlite3.Error as exc:
-                        raise StoreError(f"could not read the database: {exc}") from exc
-
-                return await trio.to_thread.run_sync(run)
+                return op(conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not read the database: {exc}") from exc
             finally:
                 self._idle_readers.append(conn)
+
+        return await trio.to_thread.run_sync(run, limiter=self._reads)
 
     async def delete_room(self, room_id: int) -> None:
         def op(conn: sqlite3.Connection) -> None:
