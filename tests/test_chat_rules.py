@@ -9,21 +9,25 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from utuvox.chat import admin
+from utuvox.chat.limits import LimitsConfig, Rate
 from utuvox.chat.service import Call, Chat, Command
 from utuvox.protocol import ProtocolError, Reply
 from utuvox.protocol import admin as a
 from utuvox.protocol import core as p
-from utuvox.store import SqliteStore, Store
+from utuvox.store import MemoryStore, SqliteStore, Store
 
 from .fakes import BrokenPeer, session_of
 from .fakes import running_chat as chat_on
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await SqliteStore.open(tmp_path / "chat.db")
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The rules hold the same on any store that keeps the store contract."""
+    opened: Store = await MemoryStore.open() if request.param == "memory" else await SqliteStore.open(
+        tmp_path / "chat.db")
     yield opened
     await opened.close()
 
@@ -99,9 +103,7 @@ async def test_a_command_may_be_registered_once_and_its_quota_wraps_its_handler(
     async with chat_on(store, tmp_path) as chat:
         with pytest.raises(ValueError, match="two commands"):
             chat.register([Command(p.WhoAmI, whoami)])  # the core has one already
-    other_tmp = tmp_path / "other"
-    other_tmp.mkdir()
-    other = await SqliteStore.open(other_tmp / "chat.db")
+    other = await MemoryStore.open()
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(other.run)
@@ -180,3 +182,47 @@ async def test_an_audited_action_is_logged_whatever_its_outcome(store: Store, tm
         with pytest.raises(ProtocolError) as refused:
             await chat.handle(user, a.BanUser(id=2, username="nobody"))
         assert refused.value.code == "forbidden"
+
+
+# --- time, driven by trio's MockClock: nothing here sleeps for real ------------------------------------
+
+
+async def test_a_sender_over_its_rate_is_told_when_to_come_back_and_is_served_then(autojump_clock: MockClock,
+                                                                                   tmp_path: Path) -> None:
+    limits = LimitsConfig(session_messages=Rate(per_second=1, burst=2))
+    async with chat_on(await MemoryStore.open(), tmp_path, limits=limits) as chat:
+        [(alice, alice_peer)] = await in_room(chat, "lobby", "alice")
+        await chat.handle(alice, p.Message(id=1, text="one"))
+        await chat.handle(alice, p.Message(id=2, text="two"))
+        with pytest.raises(ProtocolError) as refused:
+            await chat.handle(alice, p.Message(id=3, text="three"))
+        assert refused.value.code == "rate_limited"
+        wait = refused.value.retry_after
+        assert wait is not None and 0 < wait <= 1
+        started = trio.current_time()
+        await trio.sleep(wait)
+        await chat.handle(alice, p.Message(id=4, text="three, later"))
+        assert [ok.re for ok in await settled(alice_peer, "ok", 3)] == [1, 2, 4]
+        assert trio.current_time() - started < 2  # the mock clock jumped; the wait was the one announced
+
+
+async def test_login_failures_earn_a_delay_that_passes(autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with chat_on(await MemoryStore.open(), tmp_path, argon2_memory_kib=8, argon2_time_cost=1) as chat:
+        newcomer, _ = session_of(chat)
+        await chat.handle(newcomer, p.Register(id=1, username="alice", password="correct horse"))
+        guesses = 0
+        while True:
+            guesser, _ = session_of(chat)
+            with pytest.raises(ProtocolError) as refused:
+                await chat.handle(guesser, p.Login(id=2, username="alice", password=f"guess {guesses}"))
+            guesses += 1
+            if refused.value.code == "rate_limited":
+                break
+            assert refused.value.code == "auth_failed"
+            assert guesses < 20, "no delay after many failed logins"
+        wait = refused.value.retry_after
+        assert wait is not None
+        await trio.sleep(wait + 0.01)
+        right, _ = session_of(chat)
+        reply = await chat.handle(right, p.Login(id=3, username="alice", password="correct horse"))
+        assert isinstance(reply, p.LoggedIn) and reply.user == "alice"
