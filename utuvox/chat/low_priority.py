@@ -41,43 +41,36 @@ class LowPriorityThreads:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the threads; when cancelled, let each finish its job in hand and wait until all have exited."""
-        token = trio.lowlevel.current_trio_token()
-        all_exited = trio.Event()
-        left = self._count
-
-        def exited() -> None:
-            nonlocal left
-            left -= 1
-            if not left:
-                all_exited.set()
-
-        for i in range(self._count):
-            # Daemon threads only so that a process that dies without unwinding this task is not kept
-            # alive by them; in every orderly exit they are joined below.
-            threading.Thread(target=self._work, args=(token, exited), name=f"{self._name}-{i}", daemon=True).start()
+        # Daemon threads only so that a process that dies without unwinding this task is not kept alive
+        # by them; in every orderly exit they are joined below.
+        threads = [threading.Thread(target=self._work, name=f"{self._name}-{i}", daemon=True)
+                   for i in range(self._count)]
+        for thread in threads:
+            thread.start()
         self.running = True
         try:
             task_status.started()
             await trio.sleep_forever()
         finally:
             self.running = False
-            for _ in range(self._count):
+            for _ in threads:
                 self._jobs.put(None)  # after the jobs queued already: those are finished first
-            with trio.CancelScope(shield=True):
-                await all_exited.wait()
 
-    def _work(self, token: trio.lowlevel.TrioToken, exited: Callable[[], None]) -> None:
+            def join() -> None:
+                for thread in threads:
+                    thread.join()
+
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(join)  # the wait for a hash in hand stays off the loop
+
+    def _work(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try:
-            while (job := self._jobs.get()) is not None:
-                fn, args, job_token, deliver = job
-                result = outcome.capture(fn, *args)
-                with contextlib.suppress(trio.RunFinishedError):
-                    job_token.run_sync_soon(deliver, result)
-        finally:
+        while (job := self._jobs.get()) is not None:
+            fn, args, token, deliver = job
+            result = outcome.capture(fn, *args)
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(exited)
+                token.run_sync_soon(deliver, result)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on one of the threads and return its result. If the caller is cancelled,

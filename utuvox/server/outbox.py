@@ -305,8 +305,8 @@ class Outbox:
         self.reason = "slow consumer"
         # What was queued is dropped now; the goodbye goes after the frame being written (a frame cut in
         # the middle would be garbage), and the connection is closed after a short grace either way.
-        bye = self._encode(Goodbye(reason=f"You fell too far behind in reading: more than {self.max_bytes} bytes "
-                                          "were waiting for you.", code=Code.SLOW_CONSUMER), None)
+        bye = self._goodbye(Goodbye(reason=f"You fell too far behind in reading: more than {self.max_bytes} bytes "
+                                           "were waiting for you.", code=Code.SLOW_CONSUMER))
         self._queue = [bye]
         self._queued_bytes = len(bye)
         self._drain(CUTOFF_GRACE)
@@ -315,6 +315,10 @@ class Outbox:
 
     def _current_room(self) -> str | None:
         return self.session.current_room if self.session else None
+
+    def _goodbye(self, bye: Goodbye) -> bytes:
+        """A goodbye as bytes, for a queue that no longer goes through :meth:`send`."""
+        return self._encode(bye, None)
 
     def _encode(self, frame: Reply | Event, request: Request | None) -> bytes:
         if self.codec == "json":

@@ -84,9 +84,12 @@ class IrcOutbox(Outbox):
     def send_line(self, line: str) -> None:
         self._put(line.encode("utf-8", errors="replace"))
 
+    def _goodbye(self, bye: p.Goodbye) -> bytes:
+        return format_line("ERROR", f"Closing link: {bye.reason}").encode()
+
     def send(self, frame: Reply | Event, request: Request | None = None) -> None:
         if isinstance(frame, p.Goodbye):
-            self._put(format_line("ERROR", f"Closing link: {frame.reason}").encode())
+            self._put(self._goodbye(frame))
         elif isinstance(frame, p.Error):
             self._put(format_line("NOTICE", self.nick, f"Error: {frame.message}", source=render.SERVER_NAME).encode())
         elif isinstance(frame, Event):
