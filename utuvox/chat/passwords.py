@@ -1,5 +1,6 @@
 """argon2id password hashing, always on a worker thread: a hash takes tens of milliseconds on purpose,
-and the event loop must never wait for it. The threads run at the lowest priority (see low_priority).
+and the event loop must never wait for it. The threads run at the lowest priority (see low_priority) and
+belong to :meth:`Passwords.run`, which the server runs in its nursery.
 
 Hashing is shared fairly between addresses: the hashing threads take turns round robin over the
 addresses that have hashes waiting, so a thousand registrations queued from one address delay another
@@ -8,6 +9,7 @@ address's login by a hash or two, not by a thousand.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TypeVar
@@ -72,13 +74,29 @@ class Passwords:
         self._threads = LowPriorityThreads(config.hash_threads, "argon2")
         self._turns = FairTurns(config.hash_threads)
         # Verifying against this when a user does not exist makes "no such user" cost as much as
-        # "wrong password", so response times do not reveal which usernames exist.
-        self._dummy = self._hasher.hash("not a real password")
+        # "wrong password", so response times do not reveal which usernames exist. Made on a hashing
+        # thread (see _dummy_hash), never on the event loop.
+        self._dummy: str | None = None
+        self._dummy_lock = threading.Lock()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The hashing threads' lifetime: they start here and are joined when this task is cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._threads.run)
+            nursery.start_soon(self._threads.call, self._dummy_hash)  # ready before the first unknown name
+            task_status.started()
+
+    def _dummy_hash(self) -> str:
+        """The hash that stands in for a missing account's (called on a hashing thread)."""
+        with self._dummy_lock:
+            if self._dummy is None:
+                self._dummy = self._hasher.hash("not a real password")
+            return self._dummy
 
     async def _run(self, who: str, fn: Callable[..., T], *args: object) -> T:
         await self._turns.acquire(address_key(who))
         try:
-            return await self._threads.run(fn, *args)
+            return await self._threads.call(fn, *args)
         finally:
             self._turns.release()
 
@@ -89,7 +107,7 @@ class Passwords:
     async def verify(self, stored_hash: str | None, password: str, *, who: str = "") -> bool:
         def check() -> bool:
             try:
-                return self._hasher.verify(stored_hash or self._dummy, password) and stored_hash is not None
+                return self._hasher.verify(stored_hash or self._dummy_hash(), password) and stored_hash is not None
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
 

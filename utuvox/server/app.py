@@ -39,7 +39,7 @@ from .connection import LineConnection, WebSocketConnection
 from .irc.outbox import irc_frame_binary, irc_frame_text
 from .irc.registry import IrcRegistry
 from .keepalive import Watchdog, tune_socket
-from .outbox import Counters, Flusher
+from .outbox import Codec, Counters, Flusher
 from .session_loop import run_session
 from .settings import Settings
 from .tls import handshake, server_context
@@ -205,6 +205,7 @@ class Server:
             self.chat = chat = Chat(store, LocalBus(), s.chat, self.admin_key, self.clock)
             chat.register(CORE)
             await services.start(chat.delivery.run)
+            await services.start(chat.passwords.run)
             self.files = await services.start(install_files(chat, s.files).run)
             await services.start(self.watchdog.run)
             self.admin = admin.install(chat)
@@ -268,19 +269,21 @@ class Server:
     async def _say_goodbye(self, chat: Chat, sessions: trio.Nursery) -> None:
         # New requests are refused from here; the messages already taken in are committed and
         # acknowledged before anyone is told goodbye, so every stored message gets its ``ok``. (A restart
-        # is not everyone leaving: no leave is stored for these sessions.)
+        # is not everyone leaving: no leave is stored for these sessions.) Each wait below is woken by
+        # what it waits for (a session's writes settling, the last outbox closing), never by a timer.
         chat.stop_taking_requests()
         with trio.move_on_after(self.settings.shutdown_grace):
             assert self.store is not None
             await self.store.flush()
-            while any(s.unacked for s in chat.all_sessions()):
-                await trio.sleep(0.01)
+            # A request taken in just before the stop may still start a write: look again until none is left.
+            while waiting := [s for s in chat.all_sessions() if s.unacked]:
+                for session in waiting:
+                    await session.settle()
         await trio.lowlevel.checkpoint()  # let the flusher write the last acknowledgements
         for session in chat.all_sessions():
             session.peer.close("Server shutting down.", "shutdown")
         with trio.move_on_after(self.settings.shutdown_grace):
-            while chat.session_count():
-                await trio.sleep(0.02)
+            await self.flusher.wait_all_closed()
         sessions.cancel_scope.cancel()
 
     async def _listen(self, listeners: trio.Nursery, sessions: trio.Nursery, chat: Chat) -> None:
@@ -388,13 +391,13 @@ class Server:
             first = b""
             with trio.move_on_after(s.detect_timeout if refusal is None else min(s.detect_timeout, 0.05)):
                 try:
-                    first = await channel.receive_some(65536)
+                    first = bytes(await channel.receive_some(65536))
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     return
                 if not first:
                     await channel.aclose()
                     return
-            codec = "json" if first.lstrip()[:1] == b"{" else "text"
+            codec: Codec = "json" if first.lstrip()[:1] == b"{" else "text"
             if refusal is not None:
                 bye = refusal
                 data = json_codec.encode(bye) if codec == "json" else text_codec.render(bye).encode()
@@ -468,7 +471,7 @@ class Server:
         with trio.move_on_after(self.settings.handshake_timeout):
             try:
                 while answer is None:
-                    answer = reader.feed(await channel.receive_some(websocket.MAX_HEAD))
+                    answer = reader.feed(bytes(await channel.receive_some(websocket.MAX_HEAD)))
                 await channel.send_all(answer.response)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 answer = None

@@ -15,15 +15,20 @@ from . import websocket as ws
 
 
 class Connection(Protocol):
-    transport: str
-    address: str
+    # Read-only for the session: what a connection is and how it frames is fixed by the transport.
+    @property
+    def transport(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def frame(self) -> Callable[[bytes], bytes] | None:
+        """How one encoded frame (a complete line) goes on the wire, or None when the line is sent as it is."""
 
     async def receive(self) -> bytes | str | None:
         """The next frame, or ``None`` once the peer has gone. Raises ``ProtocolError`` for a frame over
         the size limit; the connection stays usable."""
-
-    # How one encoded frame (a complete line) goes on the wire, or None when the line is sent as it is.
-    frame: Callable[[bytes], bytes] | None
 
     def direct_fd(self) -> int | None:
         """A non-blocking file descriptor that framed bytes may be written to right now, or None when
@@ -53,9 +58,11 @@ def _socket_fd(stream: object) -> int | None:
 async def _receive(stream: trio.abc.Stream) -> bytes:
     """The next bytes from the peer: ``b""`` once it is gone, whether it closed, reset or broke."""
     try:
-        return await stream.receive_some(65536)
+        data = await stream.receive_some(65536)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         return b""
+    # A plain socket gives bytes; TLS may give a bytearray, whose lines would be mutable copies.
+    return data if data.__class__ is bytes else bytes(data)
 
 
 class LineConnection:
@@ -66,7 +73,7 @@ class LineConnection:
     cost more than the frames themselves.
     """
 
-    frame = None
+    frame: None = None
 
     def __init__(self, stream: trio.abc.Stream, transport: str, address: str, max_frame: int,
                  initial: bytes = b"") -> None:
@@ -178,10 +185,11 @@ class WebSocketConnection:
     frame the outbox is writing.
     """
 
-    frame = staticmethod(ws.text_frame)
     transport = "ws"
 
     def __init__(self, stream: trio.abc.Stream, address: str, max_frame: int, initial: bytes = b"") -> None:
+        # A JSON text frame per line; IRC over WebSocket swaps in its own (text or binary, per subprotocol).
+        self.frame: Callable[[bytes], bytes] = ws.text_frame
         self.stream = stream
         self.address = address
         self._max = max_frame
@@ -272,7 +280,7 @@ class WebSocketConnection:
     async def aclose(self) -> None:
         """The closing handshake, briefly: our close frame (unless sent already), then wait for the
         client's close frame or end of stream, then close the TCP connection (the server closes first,
-        as RFC 6455 asks). The outbox is detached by now, so writing here cannot split its frames."""
+        as RFC 6455 asks). The outbox is closed by now, so writing here cannot split its frames."""
         with trio.move_on_after(LINGER_SECONDS), contextlib.suppress(
             trio.BrokenResourceError, trio.ClosedResourceError, OSError
         ):
@@ -297,5 +305,5 @@ class WebSocketConnection:
                 data = await self.stream.receive_some(65536)
                 if not data:
                     break
-                self._reader.feed(data)
+                self._reader.feed(bytes(data))
         await self.stream.aclose()

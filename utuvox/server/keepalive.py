@@ -84,16 +84,12 @@ class Watch:
     def close(self, reason: str) -> None:
         """Say goodbye and close (for a client that is alive but breaks a rule)."""
         log.info("closing connection %d from %s: %s", self.session.id, self.session.address, reason)
-        self.outbox.close(reason, TIMEOUT)
+        self.outbox.finish(reason, TIMEOUT)
 
     def kill(self, reason: str) -> None:
         """Drop the connection now: the peer is gone, a goodbye would never arrive."""
         log.info("dropping connection %d from %s: %s", self.session.id, self.session.address, reason)
-        outbox = self.outbox
-        outbox.cut_off = reason
-        outbox.closing = True
-        if outbox.scope is not None:
-            outbox.scope.cancel()
+        self.outbox.abort(reason)
 
 
 class WatchConfig(Section):

@@ -31,6 +31,7 @@ from .outbox import Codec, Flusher, Outbox
 log = logging.getLogger("utuvox.server")
 
 SETTLE_AT_EOF = 5.0  # seconds a session whose peer stopped sending waits for its last commits' answers
+DRAIN_AT_EOF = 2.0  # seconds it then has to send them
 WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /login <username> <password> "
            "to sign in, /help for all commands.")
 
@@ -49,43 +50,38 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
     if codec == "text":
         outbox.send(Notice(text=WELCOME))
     try:
-        async with trio.open_nursery() as nursery:
-            outbox.scope = nursery.cancel_scope
-
-            async def writer() -> None:
-                await outbox.run()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(writer)
-            if isinstance(outbox, IrcOutbox):
-                await irc_read_loop(chat, session, conn, outbox, limiter, irc or IrcRegistry())
-            else:
-                await _read_loop(chat, session, conn, codec, outbox, limiter)
-            # The reader is done: the peer closed its side, or the session is closing (quit, ban).
-            # A peer that only stopped writing (``printf ... | nc``) still gets the answers to what it
-            # sent; then the writer flushes what is queued and ends the nursery.
-            if not outbox.closing:
-                with trio.move_on_after(SETTLE_AT_EOF):
-                    await session.settle()
-            outbox.finish()
-            with trio.move_on_after(2):
+        # The outbox's lifetime scope is how the session ends: finish() gives it a deadline, abort()
+        # and the writer, once it has drained a finishing outbox, cancel it.
+        with outbox.lifetime:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(outbox.run)
+                if isinstance(outbox, IrcOutbox):
+                    await irc_read_loop(chat, session, conn, outbox, limiter, irc or IrcRegistry())
+                else:
+                    await _read_loop(chat, session, conn, codec, outbox, limiter)
+                # The reader is done: the peer closed its side, or the session is ending (quit, ban).
+                # A peer that only stopped writing (``printf ... | nc``) still gets the answers to what
+                # it sent; then the writer flushes what is queued and ends the session.
+                if not outbox.closing:
+                    with trio.move_on_after(SETTLE_AT_EOF):
+                        await session.settle()
+                outbox.finish(within=DRAIN_AT_EOF)
                 await trio.sleep_forever()
-            nursery.cancel_scope.cancel()
     except Exception:
         # Sessions run in the listeners' handler nursery: a bug met while serving one connection must
         # end that connection, not every other one with it.
         log.exception("connection %d failed", session.id)
-        outbox.cut_off = outbox.cut_off or "internal error"
+        outbox.abort("internal error")
     finally:
         if watchdog is not None:
             watchdog.forget(watch)
         with trio.CancelScope(shield=True):
             await chat.disconnect(session)
-            outbox.detach()  # before the close: the descriptor's number may be reused at once
+            outbox.closed()  # before the close: the descriptor's number may be reused at once
             with trio.move_on_after(1):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     await conn.aclose()
-        reason = outbox.cut_off or "closed"
+        reason = outbox.reason or "closed"
         who = session.user.name if session.user else "anonymous"
         log.info("connection %d (%s) ended: %s", session.id, who, reason)
 
@@ -122,15 +118,14 @@ async def _read_loop(chat: Chat, session: Session, conn: Connection, codec: Code
                     continue  # an empty line in text mode is nothing, as at a shell prompt
                 request = text_codec.parse_line(line)
         except ProtocolError as exc:
-            if wait:
-                exc = _refused(chat, session, limiter, wait, exc.re)
-            await _answer(session, outbox, Error(re=exc.re, code=exc.code, message=exc.message,
-                                                 retry_after=exc.retry_after))
+            bad = _refused(chat, session, limiter, wait, exc.re) if wait else exc
+            await _answer(session, outbox, Error(re=bad.re, code=bad.code, message=bad.message,
+                                                 retry_after=bad.retry_after))
             continue
         if wait:
-            exc = _refused(chat, session, limiter, wait, request.id)
-            await _answer(session, outbox, Error(re=exc.re, code=exc.code, message=exc.message,
-                                                 retry_after=exc.retry_after), request)
+            refused = _refused(chat, session, limiter, wait, request.id)
+            await _answer(session, outbox, Error(re=refused.re, code=refused.code, message=refused.message,
+                                                 retry_after=refused.retry_after), request)
             continue
         if not request.pipelined:
             await session.catch_up()

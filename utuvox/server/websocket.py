@@ -117,8 +117,9 @@ class HandshakeReader:
         if not valid_key:
             return _reject(400, "Bad Request", "Missing or malformed Sec-WebSocket-Key.")
         origins = headers.get(b"origin", [])
+        hosts = headers.get(b"host")
         if site is not None and origins and not (
-            len(origins) == 1 and site.origin_allowed(origins[0], (headers.get(b"host") or [None])[0])
+            len(origins) == 1 and site.origin_allowed(origins[0], hosts[0] if hosts else None)
         ):
             return _reject(403, "Forbidden", "This origin may not open a WebSocket here.")
         # IRC over WebSocket (IRCv3) when the client asks for it; JSON otherwise.

@@ -4,6 +4,8 @@ rendered here."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from utuvox.chat.wire import Wire
 from utuvox.protocol import Event, Reply, Request
 from utuvox.protocol import core as p
@@ -11,7 +13,9 @@ from utuvox.protocol.irc import render
 from utuvox.protocol.irc.lines import format_line
 
 from .. import websocket as ws
-from ..outbox import Outbox
+from ..outbox import Outbox, State, _Framed
+
+_OPEN = State.OPEN
 
 
 def irc_frame_text(line: bytes) -> bytes:
@@ -46,15 +50,20 @@ class IrcOutbox(Outbox):
                 return
             if cls is p.TopicEvent:
                 return  # the IRC state answers its own TOPIC
-        # Outbox.deliver, unrolled: once per member per event.
+        # Outbox.deliver, unrolled: once per member per event. The bytes are counted at the event's JSON
+        # size, known already: the IRC line is rendered later, once per set of capabilities, and is about
+        # as long (the tags of server-time and msgid against the JSON's field names).
         if self.closing:
             return
         queue = self._queue
-        if len(queue) >= self.limit:
-            self._overflow()
+        size = len(wire.json)
+        queued = self._queued_bytes + size
+        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
+            self._overflow(size)
             return
         queue.append(wire)
-        if not self._marked and not self._writing:
+        self._queued_bytes = queued
+        if not self._marked and self.state is _OPEN:
             self._marked = True
             self.flusher.mark(self)
 
@@ -75,9 +84,12 @@ class IrcOutbox(Outbox):
     def send_line(self, line: str) -> None:
         self._put(line.encode("utf-8", errors="replace"))
 
+    def _goodbye(self, bye: p.Goodbye) -> bytes:
+        return format_line("ERROR", f"Closing link: {bye.reason}").encode()
+
     def send(self, frame: Reply | Event, request: Request | None = None) -> None:
         if isinstance(frame, p.Goodbye):
-            self._put(format_line("ERROR", f"Closing link: {frame.reason}").encode())
+            self._put(self._goodbye(frame))
         elif isinstance(frame, p.Error):
             self._put(format_line("NOTICE", self.nick, f"Error: {frame.message}", source=render.SERVER_NAME).encode())
         elif isinstance(frame, Event):
@@ -130,7 +142,7 @@ class IrcOutbox(Outbox):
                 out.append(item)  # type: ignore[arg-type]
             else:  # a WebSocket control frame (pong, close), framed already
                 ready.add(len(out))
-                out.append(item.framed(None))  # type: ignore[union-attr]
+                out.append(cast(_Framed, item).data)
         self._space.unpark_all()
         frame = self.conn.frame
         if frame is not None:  # IRC over WebSocket: a message per line, without its CR LF
