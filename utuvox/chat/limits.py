@@ -422,6 +422,10 @@ class Limits:
     def close(self, session: Session) -> None:
         self.sessions.pop(session, None)
 
+    def of(self, session: Session) -> SessionLimiter | None:
+        """The session's limiter (``None`` on the admin socket, where nothing is limited)."""
+        return self.sessions.get(session)
+
     def signed_in(self, session: Session, identity: Identity) -> None:
         limiter = self.sessions.get(session)
         if limiter is None:

@@ -792,6 +792,11 @@ class Chat:
                 if other is not origin or origin.echo_private:
                     other.peer.deliver(wire)
 
+    def meet(self, elsewhere: Elsewhere) -> None:
+        """The other nodes from now on (at start, a :class:`SingleNode` naming this one; in a cluster, the
+        cluster once it has joined): who is where, and whom to tell what happens here."""
+        self.elsewhere = elsewhere
+
     def hear_from(self, elsewhere: Elsewhere) -> None:
         """Take what the other nodes of a cluster tell the chat: rooms they made, private messages to
         users on this node, and failed logins (so login delays hold cluster-wide)."""

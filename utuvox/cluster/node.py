@@ -241,7 +241,7 @@ class Cluster:
             self._nursery = nursery
             await nursery.start(self.broker.run, self.received, self._sweep_now.set)
             self.store.on_batch = self.rang
-            self.chat.elsewhere = self
+            self.chat.meet(self)
             self._send("hello")
             self._state()
             nursery.start_soon(self._heartbeat)

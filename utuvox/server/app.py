@@ -245,7 +245,7 @@ class Server:
         """Name this node; with a broker, join the other nodes before the startup lines."""
         s = self.settings
         self.node = NODE.node = s.node_name or f"{socket.gethostname()}:{self.tcp_port}"
-        chat.elsewhere = SingleNode(self.node)
+        chat.meet(SingleNode(self.node))
         if not s.broker_url:
             return
         from utuvox.cluster.broker import open_broker

@@ -44,7 +44,7 @@ async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit
     outbox.session = session
     conn.attach(outbox.send_framed)
     chat.connect(session)
-    limiter = chat.limits.sessions.get(session)
+    limiter = chat.limits.of(session)
     watch = watchdog.watch(session, outbox, limiter, codec, conn) if watchdog is not None else None
     log.info("connection %d from %s (%s, %s)", session.id, conn.address, conn.transport, codec)
     if codec == "text":
