@@ -1,15 +1,15 @@
-"""The console's connection to the admin socket: JSON lines over a plain Unix socket.
+"""The console's connection to the admin socket: JSON lines over a plain Unix socket, driven by
+blocking calls and one thread.
 
 Requests go out from the command loop (the main thread, or cmd2's completion thread); one reader thread
-reads every frame the server sends, hands each reply to the request waiting for it (matched by ``re``),
-and passes everything else (events, a goodbye) to ``on_event``. Only the protocol models of
-``utuvox.protocol`` are shared with the server.
+feeds what the server sends to a :class:`~utuvox.protocol.client_protocol.ClientProtocol`, which matches
+each reply to the request waiting for it (by ``re``); everything else (events, a goodbye) goes to
+``on_event``. Only ``utuvox.protocol`` is shared with the server.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import socket
 import threading
 import time
@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from utuvox.protocol import Frame, ProtocolError, Reply, Request, json_codec
+from utuvox.protocol import Frame, Reply, Request
+from utuvox.protocol import client_protocol as cp
 from utuvox.protocol.core import Error, Goodbye
 
 R = TypeVar("R", bound=Reply)
@@ -44,11 +45,13 @@ class Disconnected(Exception):
 
 
 class _Slot:
-    __slots__ = ("done", "reply")
+    __slots__ = ("abandoned", "done", "failure", "reply")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.reply: Frame | None = None
+        self.failure: ServerError | None = None
+        self.abandoned = False  # its request stopped waiting: a late answer is shown as an event
 
 
 class AdminLink:
@@ -60,9 +63,8 @@ class AdminLink:
         self.closed = True
         self.close_reason = "not connected"
         self._sock: socket.socket | None = None
-        self._ids = itertools.count(1)
-        self._pending: dict[int, _Slot] = {}
-        self._lock = threading.Lock()
+        self._protocol = cp.ClientProtocol("lines")
+        self._lock = threading.Lock()  # the protocol's state, shared by the reader and the senders
         self._send_lock = threading.Lock()
 
     def connect(self) -> None:
@@ -90,12 +92,13 @@ class AdminLink:
         :class:`Disconnected` when the connection is gone. ``response`` checks the reply's type."""
         if self.closed or self._sock is None:
             raise Disconnected(self.close_reason)
-        rid = next(self._ids)
         slot = _Slot()
         with self._lock:
-            self._pending[rid] = slot
+            try:
+                data = self._protocol.send(req, tag=slot)
+            except cp.ConnectionEnded:
+                raise Disconnected(self.close_reason) from None
         try:
-            data = json_codec.encode(req.model_copy(update={"id": rid}))
             try:
                 with self._send_lock:
                     self._sock.sendall(data)
@@ -109,8 +112,9 @@ class AdminLink:
                 if time.monotonic() > deadline:
                     raise Disconnected(f"no answer from the server in {timeout:.0f} s", sent=True)
         finally:
-            with self._lock:
-                self._pending.pop(rid, None)
+            slot.abandoned = True
+        if slot.failure is not None:
+            raise slot.failure
         reply = slot.reply
         if reply is None:
             raise Disconnected(self.close_reason, sent=True)
@@ -122,28 +126,40 @@ class AdminLink:
 
     def _read(self, sock: socket.socket) -> None:
         try:
-            with sock.makefile("rb") as lines:
-                for line in lines:
-                    try:
-                        frame = json_codec.decode_server_frame(line)
-                    except ProtocolError:
-                        continue  # something this console does not know: skip it
-                    rid = getattr(frame, "re", None)
-                    with self._lock:
-                        slot = self._pending.get(rid) if isinstance(rid, int) else None
-                    if slot is not None:
-                        slot.reply = frame
-                        slot.done.set()
-                        continue
-                    if isinstance(frame, Goodbye):
-                        self.close_reason = frame.reason
-                    self.on_event(frame)
-        except (OSError, ValueError):
-            pass
+            while not self._protocol.closed:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                with self._lock:
+                    events = self._protocol.receive_data(data)
+                for event in events:
+                    self._handle(event)
         finally:
             self.closed = True
             with self._lock:
-                slots = list(self._pending.values())
-            for slot in slots:
-                slot.done.set()
+                events = self._protocol.close(self.close_reason)
+            for event in events:
+                self._handle(event)
             self.on_close(self.close_reason)
+
+    def _handle(self, event: cp.ClientEvent) -> None:
+        if isinstance(event, cp.Answer):
+            slot: _Slot = event.tag
+            if slot.abandoned:
+                self.on_event(event.reply)
+                return
+            slot.reply = event.reply
+            slot.done.set()
+        elif isinstance(event, cp.RequestFailed):
+            slot = event.tag
+            if not event.lost:
+                slot.failure = ServerError("unexpected_reply", event.reason)
+            slot.done.set()
+        elif isinstance(event, cp.Received):
+            if isinstance(event.frame, Goodbye):
+                self.close_reason = event.frame.reason
+            self.on_event(event.frame)
+        elif isinstance(event, cp.Closed):
+            self.closed = True
+        # Frames this console cannot read (cp.BadFrame, cp.UnknownFrame) are skipped.

@@ -400,7 +400,7 @@ class Client:
 
     async def _serve_link(self, link: Link, first: bool, task_status: Any) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(link.read, self._on_frame)
+            nursery.start_soon(link.read, self._on_frame, self._learn)
             # On TCP the server tells JSON from text by the first byte, and waits only briefly: speak now.
             await link.call(p.Ping(), track=False)
             if not first:
@@ -487,14 +487,6 @@ class Client:
     def _on_frame(self, link: Link, frame: Any) -> None:
         if isinstance(frame, p.Keepalive):
             return  # the server checking that the connection is alive: nothing for the application
-        if isinstance(frame, Reply) and frame.re is not None:
-            pending = link.resolve(frame)
-            if pending is not None:
-                if pending.track and not isinstance(frame, p.Error):
-                    self._learn(pending.request, frame)
-                return
-            if link.is_late_answer(frame):
-                return
         if isinstance(frame, p.RoomDeleted):
             self._tracker.left(frame.room)
         if self._tracker.admit(frame):
@@ -503,6 +495,8 @@ class Client:
 
     def _learn(self, request: Request, reply: Reply) -> None:
         """Follow what the server confirmed, so a reconnect can put it back."""
+        if isinstance(reply, p.Error):
+            return
         if isinstance(reply, p.LoggedIn) and isinstance(request, p.Login | p.Register):
             self.user, self.is_admin, self.is_bot = reply.user, reply.is_admin, reply.is_bot
             self._credentials = (reply.user, request.password)

@@ -265,4 +265,4 @@ async def download(client: Client, name: str, directory: Path, progress: Progres
         link.routes.pop(start.download_id, None)
         chunks_in.close()
         if not finished:
-            link.discard.add(start.download_id)  # the server keeps sending: drop the rest
+            link.drop_download(start.download_id)  # the server keeps sending: drop the rest

@@ -1,5 +1,6 @@
-"""One connection to the server: a reader task that matches replies to the requests awaiting them, the
-requests in flight, and the routes of file transfers.
+"""One connection to the server, driven with trio: a reader task feeds what arrives to a
+:class:`~utuvox.protocol.client_protocol.ClientProtocol` and acts on its events (wakes the request an
+answer belongs to, hands a download's frames to the download, passes everything else on).
 
 A :class:`Link` lives as long as its socket. The client makes a new one after each reconnect; requests
 still waiting when a link dies fail with :class:`~utuvox.client.errors.Disconnected`.
@@ -14,10 +15,11 @@ from typing import Any
 
 import trio
 
-from utuvox.protocol import Reply, Request, json_codec
+from utuvox.protocol import Reply, Request
+from utuvox.protocol import client_protocol as cp
 from utuvox.protocol.core import Goodbye
 
-from .errors import Disconnected
+from .errors import BAD_FRAME, Disconnected, UtuVoxError
 from .transport import Transport, TransportClosed
 
 log = logging.getLogger("utuvox.client")
@@ -27,12 +29,13 @@ log = logging.getLogger("utuvox.client")
 _ids = itertools.count(1)
 
 OnReply = Callable[[Reply], None]
+OnAnswer = Callable[[Request, Reply], None]
 
 
 class Pending:
     """A request sent and not answered yet."""
 
-    __slots__ = ("done", "on_reply", "reply", "request", "track")
+    __slots__ = ("abandoned", "done", "failure", "on_reply", "reply", "request", "track")
 
     def __init__(self, request: Request, track: bool, on_reply: OnReply | None) -> None:
         self.request = request
@@ -40,29 +43,25 @@ class Pending:
         self.on_reply = on_reply
         self.done = trio.Event()
         self.reply: Reply | None = None
+        self.failure: UtuVoxError | None = None
+        self.abandoned = False  # its waiter gave up (cancelled, timed out): the answer changes nothing
 
 
 class Link:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self.pending: dict[int, Pending] = {}
-        # Frames of a transfer in progress (by ``download_id``), which carry no ``re``.
+        self.protocol = cp.ClientProtocol(transport.framing, ids=_ids)
+        # Where each download's frames go (by ``download_id``), set as its ``download_start`` arrives.
         self.routes: dict[str, trio.MemorySendChannel[Any]] = {}
-        # Downloads given up (cancelled, failed a check): the rest of their frames is dropped.
-        self.discard: set[str] = set()
         self.closed = trio.Event()
         self.reason = ""
-        self.goodbye: Goodbye | None = None
-        self.highest_id = 0
+
+    @property
+    def goodbye(self) -> Goodbye | None:
+        return self.protocol.goodbye
 
     def close(self, reason: str) -> None:
-        if not self.closed.is_set():
-            self.reason = reason
-            self.closed.set()
-            for pending in self.pending.values():
-                pending.done.set()  # woken with no reply: the caller raises Disconnected
-            for route in self.routes.values():
-                route.close()
+        self._handle(self.protocol.close(reason), None, None)
 
     async def send(self, request: Request, *, track: bool = True, on_reply: OnReply | None = None) -> Pending:
         """Send ``request`` with a fresh id; :meth:`wait` for its reply later. Sending and waiting are
@@ -73,16 +72,14 @@ class Link:
         """
         if self.closed.is_set():
             raise Disconnected(f"Connection lost: {self.reason}")
-        rid = next(_ids)
-        self.highest_id = rid
-        request = request.model_copy(update={"id": rid})
-        pending = self.pending[rid] = Pending(request, track, on_reply)
+        pending = Pending(request, track, on_reply)
+        data = self.protocol.send(request, tag=pending)
         try:
-            await self.transport.send(json_codec.encode(request))
+            await self.transport.send(data)
         except TransportClosed as exc:
             self.close(str(exc))
         except BaseException:
-            self.pending.pop(rid, None)
+            pending.abandoned = True
             raise
         return pending
 
@@ -90,10 +87,11 @@ class Link:
         try:
             await pending.done.wait()
         finally:
-            if pending.request.id is not None:
-                self.pending.pop(pending.request.id, None)  # type: ignore[arg-type]
-        if pending.reply is None:
-            raise Disconnected(f"Connection lost: {self.reason}")
+            if not pending.done.is_set():
+                pending.abandoned = True
+        if pending.failure is not None:
+            raise pending.failure
+        assert pending.reply is not None
         return pending.reply
 
     async def call(self, request: Request, *, track: bool = True, on_reply: OnReply | None = None) -> Reply:
@@ -101,52 +99,67 @@ class Link:
         pending = await self.send(request, track=track, on_reply=on_reply)
         return await self.wait(pending)
 
-    def resolve(self, reply: Reply) -> Pending | None:
-        """Hand a reply to the request waiting for it; ``None`` if nothing waits for it."""
-        pending = self.pending.pop(reply.re, None) if isinstance(reply.re, int) else None
-        if pending is not None:
-            pending.reply = reply
-            if pending.on_reply is not None:
-                pending.on_reply(reply)
-            pending.done.set()
-        return pending
+    def drop_download(self, download_id: str) -> None:
+        """The download was given up (cancelled, failed a check): the rest of its frames is dropped."""
+        self.routes.pop(download_id, None)
+        self.protocol.drop_download(download_id)
 
-    def is_late_answer(self, reply: Reply) -> bool:
-        """A reply to one of our requests that nobody awaits any more (cancelled, or timed out)."""
-        return isinstance(reply.re, int) and 0 < reply.re <= self.highest_id
-
-    def route(self, frame: Any) -> bool:
-        """Hand a transfer's frame to the transfer; ``False`` if it belongs to none."""
-        key = getattr(frame, "download_id", None)
-        if not isinstance(key, str) or getattr(frame, "re", None) is not None:
-            return False
-        if key in self.discard:
-            if frame.type in ("download_end", "download_failed"):
-                self.discard.discard(key)
-            return True
-        route = self.routes.get(key)
-        if route is None:
-            return False
+    async def read(self, on_frame: Callable[[Link, Any], None], on_answer: OnAnswer | None = None) -> None:
+        """Read until the connection ends. Each frame that answers no request goes to ``on_frame``, in
+        order; ``on_answer`` hears each tracked, successful answer before its request is woken."""
         try:
-            route.send_nowait(frame)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self.routes.pop(key, None)  # type: ignore[arg-type]
-        return True
-
-    async def read(self, on_frame: Callable[[Link, Any], None]) -> None:
-        """Read frames until the connection ends, handing each to ``on_frame`` in order."""
-        try:
-            while True:
+            while not self.closed.is_set():
                 data = await self.transport.receive()
-                try:
-                    frame = json_codec.decode_server_frame(data)
-                except Exception as exc:  # a frame this SDK version does not know: skip it, keep going
-                    log.warning("ignoring a frame the client cannot read: %s", exc)
-                    continue
-                if isinstance(frame, Goodbye):
-                    self.goodbye = frame
-                if not self.route(frame):
-                    on_frame(self, frame)
+                self._handle(self.protocol.receive_data(data), on_frame, on_answer)
         except TransportClosed as exc:
-            reason = self.goodbye.reason if self.goodbye is not None else str(exc)
-            self.close(reason)
+            goodbye = self.protocol.goodbye
+            self.close(goodbye.reason if goodbye is not None else str(exc))
+
+    def _handle(self, events: list[cp.ClientEvent], on_frame: Callable[[Link, Any], None] | None,
+                on_answer: OnAnswer | None) -> None:
+        for event in events:
+            if isinstance(event, cp.Received):
+                if on_frame is not None:
+                    on_frame(self, event.frame)
+            elif isinstance(event, cp.Answer):
+                self._answer(event, on_answer)
+            elif isinstance(event, cp.TransferFrame):
+                self._transfer(event)
+            elif isinstance(event, cp.RequestFailed):
+                pending: Pending = event.tag
+                pending.failure = (Disconnected(f"Connection lost: {event.reason}") if event.lost
+                                   else UtuVoxError(BAD_FRAME, event.reason, re=event.request.id))
+                pending.done.set()
+            elif isinstance(event, cp.Closed):
+                self.reason = event.reason
+                self.closed.set()
+                for route in self.routes.values():
+                    route.close()
+            elif isinstance(event, cp.UnknownFrame):
+                log.debug("ignoring a frame of unknown type %r", event.type)
+            else:  # a frame this SDK version cannot read: skip it, keep going
+                log.warning("ignoring a frame the client cannot read: %s", event.reason)
+
+    def _answer(self, event: cp.Answer, on_answer: OnAnswer | None) -> None:
+        pending: Pending = event.tag
+        reply = event.reply
+        if pending.abandoned:
+            download_id = getattr(reply, "download_id", None)
+            if isinstance(download_id, str):
+                self.protocol.drop_download(download_id)
+            return
+        pending.reply = reply
+        if pending.on_reply is not None:
+            pending.on_reply(reply)
+        if on_answer is not None and pending.track:
+            on_answer(event.request, reply)
+        pending.done.set()
+
+    def _transfer(self, event: cp.TransferFrame) -> None:
+        route = self.routes.get(event.download_id)
+        if route is None:
+            return
+        try:
+            route.send_nowait(event.frame)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.routes.pop(event.download_id, None)

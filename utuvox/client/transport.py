@@ -1,7 +1,8 @@
 """Byte pipes to the server: JSON lines over TCP, one JSON text message per frame over WebSocket.
 
-Both present the same three calls (send a frame, receive a frame, close), so the client above them
-never knows which it has. URLs: ``tcp://host:port`` (the default scheme), ``tcps://host:port`` (TCP in
+Both present the same three calls (send, receive, close) and say how what they receive is framed, so
+the client above them hands it to :class:`~utuvox.protocol.client_protocol.ClientProtocol` without
+knowing which it has. URLs: ``tcp://host:port`` (the default scheme), ``tcps://host:port`` (TCP in
 TLS), ``ws://host:port[/path]`` and ``wss://...``. Over TLS the server's certificate is always verified:
 against the system's trusted CAs, or against the one CA file given as ``ca`` (a private CA, a
 self-signed certificate).
@@ -21,11 +22,10 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
+from utuvox.protocol.client_protocol import MAX_FRAME, Framing
+
 DEFAULT_TCP_PORT = 9090
 DEFAULT_WS_PORT = 9091
-# Frames from the server can be larger than what it accepts from clients (a history page, a download
-# chunk); this bounds the memory one frame may take.
-MAX_FRAME = 16 * 1024 * 1024
 # A frame cut off halfway would corrupt every frame after it, so a send is finished even if its caller
 # is cancelled meanwhile; a server that reads nothing for this long loses the connection instead.
 SEND_GRACE = 10.0
@@ -102,20 +102,23 @@ def _tls_failure(address: Address, exc: BaseException) -> OSError:
 
 
 class Transport(Protocol):
+    # "lines": receive() returns any piece of a stream of JSON lines; "messages": one whole frame.
+    framing: Framing
+
     async def send(self, frame: bytes) -> None:
         """Send one encoded frame (a JSON object followed by a newline)."""
 
     async def receive(self) -> bytes | str:
-        """The next frame. Raises :class:`TransportClosed` once the connection is gone."""
+        """What arrived next. Raises :class:`TransportClosed` once the connection is gone."""
 
     async def aclose(self) -> None: ...
 
 
 class TcpTransport:
+    framing: Framing = "lines"
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        self._buf = bytearray()
-        self._scan = 0
         # trio streams refuse concurrent send_all calls; requests from many tasks take turns.
         self._send_lock = trio.Lock()
 
@@ -147,23 +150,13 @@ class TcpTransport:
                 raise TransportClosed("the server stopped reading")
 
     async def receive(self) -> bytes:
-        while True:
-            nl = self._buf.find(b"\n", self._scan)
-            if nl >= 0:
-                line = bytes(self._buf[:nl])
-                del self._buf[: nl + 1]
-                self._scan = 0
-                return line
-            self._scan = len(self._buf)
-            if len(self._buf) > MAX_FRAME:
-                raise TransportClosed(f"the server sent a frame larger than {MAX_FRAME} bytes")
-            try:
-                data = await self._stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise TransportClosed(str(exc) or "connection lost") from exc
-            if not data:
-                raise TransportClosed("the server closed the connection")
-            self._buf += data
+        try:
+            data = await self._stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise TransportClosed(str(exc) or "connection lost") from exc
+        if not data:
+            raise TransportClosed("the server closed the connection")
+        return bytes(data)
 
     async def aclose(self) -> None:
         with trio.move_on_after(1) as scope:
@@ -173,6 +166,8 @@ class TcpTransport:
 
 
 class WebSocketTransport:
+    framing: Framing = "messages"
+
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self._ws = ws
         self._send_lock = trio.Lock()
@@ -184,15 +179,15 @@ class WebSocketTransport:
             if address.scheme == "wss":
                 # The TLS handshake is done here first: inside trio-websocket a certificate that fails
                 # verification would leave the WebSocket handshake waiting until the connect timeout.
-                stream = await trio.open_ssl_over_tcp_stream(address.host, address.port, ssl_context=tls_context(ca),
-                                                             https_compatible=True)
+                tls = await trio.open_ssl_over_tcp_stream(address.host, address.port, ssl_context=tls_context(ca),
+                                                          https_compatible=True)
                 try:
-                    await stream.do_handshake()
+                    await tls.do_handshake()
                 except trio.BrokenResourceError as exc:
-                    await trio.aclose_forcefully(stream)
+                    await trio.aclose_forcefully(tls)
                     raise _tls_failure(address, exc) from None
                 host = address.host if address.port == 443 else f"{address.host}:{address.port}"
-                ws = await trio_websocket.wrap_client_stream(nursery, stream, host, address.path,
+                ws = await trio_websocket.wrap_client_stream(nursery, tls, host, address.path,
                                                              max_message_size=MAX_FRAME, message_queue_size=64)
             else:
                 stream = await _open_tcp(address)
