@@ -53,10 +53,10 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            # ``from x import y`` imports module x.y if there is one, else takes name y from module x.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         for target in targets:
-            # The longest known module the target names (``from x import y`` may import module x.y, or
-            # name y in module x).
+            # The longest known module the target names (``import a.b.c`` names module a.b.c, or a.b).
             while target and target not in known:
                 target = target.rpartition(".")[0]
             if target and target != name:

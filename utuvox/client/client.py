@@ -291,13 +291,13 @@ class Client:
         """Share the file at ``path`` in ``room`` (you must be in it). ``progress(done, total)`` is called
         as the server acknowledges bytes. Returns the ``uploaded`` reply; ``.name`` is the file's unique
         name, which others download it by."""
-        return await transfers.upload(self, room, Path(path), progress)
+        return await transfers.upload(self._ready_link, room, Path(path), progress)
 
     async def download(self, name: str, dir: str | Path = "downloads",
                        progress: Callable[[int, int], None] | None = None) -> Path:
         """Fetch the shared file ``name`` into ``dir`` (never overwriting a file there) and return the
         path written. The content is checked against the server's sha256 before it appears."""
-        return await transfers.download(self, name, Path(dir), progress)
+        return await transfers.download(self._ready_link, name, Path(dir), progress)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
