@@ -10,18 +10,19 @@ from pathlib import Path
 
 from .clients import BenchError
 from .harness import Report, cores, machine_summary, raise_file_limit
-from .scenarios import Options, connections, fanout, flood, history, latency, login
+from .scenarios import Options, connections, fanout, flood, history, latency, login, roundtrip
 
 SCENARIOS: dict[str, Callable[[Options, Report], None]] = {
     "fanout": fanout.run,
     "acked": fanout.run_acked,
     "latency": latency.run,
+    "roundtrip": roundtrip.run,
     "connections": connections.run,
     "history": history.run,
     "login": login.run,
     "flood": flood.run,
 }
-ALL = ["fanout", "acked", "latency", "connections", "history", "login", "flood"]
+ALL = ["fanout", "acked", "latency", "roundtrip", "connections", "history", "login", "flood"]
 TRANSPORTS = ("json", "text", "ws")  # "all"; irc is named on its own (fanout and latency)
 
 
@@ -48,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", type=_transports, default=d.transports,
                    help="json, text, ws, a comma list, or all (default json)")
     p.add_argument("--target", choices=["utuvox", "ngircd"], default=d.target,
-                   help="the server under test; ngircd is spoken to in IRC (fanout and latency only)")
-    p.add_argument("--sizes", type=_ints, default=d.sizes, help="fanout: receivers per room (default 10,100,1000)")
+                   help="the server under test; ngircd is spoken to in IRC (fanout, latency and roundtrip only)")
+    p.add_argument("--sizes", type=_ints, default=d.sizes,
+                   help="fanout: receivers per room (default 10,100,1000); roundtrip: the first (default 10)")
     p.add_argument("--senders", type=int, default=d.senders, help="fanout: senders (default 1); acked: 50")
     p.add_argument("--messages", type=int, default=None, help="fanout: messages per sender (default: enough for "
                                                                   "--deliveries)")
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-room", action="store_true", help="acked: all senders in one room")
     p.add_argument("--rate", type=float, default=d.rate, help="latency, login: messages per second (default 1000)")
     p.add_argument("--room-size", type=int, default=d.room_size, help="latency, login: receivers (default 50)")
-    p.add_argument("--duration", type=float, default=d.duration, help="latency, login: seconds measured")
+    p.add_argument("--duration", type=float, default=d.duration, help="latency, login, roundtrip: seconds measured")
     p.add_argument("--login-concurrency", type=int, default=d.login_concurrency,
                    help="login: logins in flight at once (default 8)")
     p.add_argument("--count", type=int, default=d.count, help="connections: idle connections (default 10000)")
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report()
     names = ALL if args.scenario == "all" else [args.scenario]
     if opts.target == "ngircd":
-        names = [n for n in names if n in ("fanout", "latency")]
+        names = [n for n in names if n in ("fanout", "latency", "roundtrip")]
     print(f"machine: {machine_summary()}", flush=True)
     if cores() > 1:
         print("server pinned to CPU 0, load generator to CPU 1", flush=True)

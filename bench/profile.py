@@ -71,8 +71,10 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
-# A trio worker thread with nothing to do waits inside this frame; py-spy does not see that as idle.
-_IDLE_LEAVES = ("WorkerThread._work (trio/_core/_thread_cache.py)",)
+# A worker thread with nothing to do waits inside these frames; py-spy does not see that as idle.
+_IDLE_LEAVES = ("WorkerThread._work (trio/_core/_thread_cache.py)",
+                # the password-hashing threads wait for work in queue.get, a C call py-spy shows as their own
+                "LowPriorityThreads._work (utuvox/chat/low_priority.py)")
 
 
 def summarize(raw: str, top: int = 20) -> str:
