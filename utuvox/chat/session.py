@@ -104,7 +104,8 @@ class Session:
         """A write was committed and answered (or failed and said so). The store answers a session's
         writes in the order they were queued."""
         self.writes_settled += 1
-        self._settle_wait.unpark_all()
+        if self._settle_wait:  # nobody waits, almost always: spare the call
+            self._settle_wait.unpark_all()
 
     async def settle(self, upto: int | None = None, *, below: int = 1) -> None:
         """Wait until the writes started so far (or the first ``upto``) are answered; with ``below``,

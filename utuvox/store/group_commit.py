@@ -1,16 +1,19 @@
 """Group commit, whatever the engine: writers queue an operation and (usually) wait; a single committer
-task takes everything queued, runs it in one transaction on a worker thread, and wakes the waiters.
+task takes everything queued, runs it in one transaction on its writer thread, and wakes the waiters.
 While that transaction runs, new operations pile up for the next one, so under load a commit carries
 hundreds of rows and the per-message cost of durability falls to almost nothing.
 
 An engine subclasses :class:`GroupCommit` and supplies ``_commit_sync`` (one transaction for a batch,
 an outcome per operation, one failing operation not undoing its neighbours) and ``_can_write``. The
-transaction runs on a worker thread that the committer task awaits, so no thread outlives the task that
-started it; an engine with nothing to wait for (memory) overrides ``_commit_batch`` to stay on the loop.
+transaction runs on a thread that the committer task starts and, when it ends, waits for, so no thread
+outlives the task that started it; an engine with nothing to wait for (memory) overrides
+``_commit_batch`` to stay on the loop. A batch is taken as soon as the previous one is done: there is no
+tick to wait for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from .interface import CommitCallback, StoredEvent, StoreError
+from .writer_thread import WriterThread
 
 log = logging.getLogger("utuvox.store")
 
@@ -57,6 +61,7 @@ class GroupCommit(Generic[C]):
         self._wake = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self._writes = trio.CapacityLimiter(1)
+        self._thread = WriterThread(f"{type(self).__name__}-writer")
         self._closed = False
         self.commits = 0  # transactions committed, for statistics
         self.committed_ops = 0
@@ -71,8 +76,19 @@ class GroupCommit(Generic[C]):
         raise NotImplementedError
 
     async def _commit_batch(self, batch: list[Pending[C]]) -> list[Outcome]:
-        """One transaction on the writer thread (owned by this task: it awaits the thread's end)."""
-        return await trio.to_thread.run_sync(self._commit_sync, batch, limiter=self._writes)
+        """One transaction on the writer thread: the committer's own (see writer_thread.py) while the
+        committer runs, else (a close after it ended) a worker thread this call awaits."""
+        limiter = self._writes  # shared with opening and closing the engine's connection
+        try:
+            limiter.acquire_nowait()  # free but for those: no trip through the scheduler
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
+            if self._thread.running:
+                return await self._thread.run(self._commit_sync, batch)
+            return await trio.to_thread.run_sync(self._commit_sync, batch)
+        finally:
+            limiter.release()
 
     def _committed(self) -> None:
         """Runs in the event loop after each batch's callbacks (for an engine that tells others)."""
@@ -80,20 +96,23 @@ class GroupCommit(Generic[C]):
     # --- the committer --------------------------------------------------------------------------
 
     async def _commit_forever(self) -> None:
-        try:
-            while True:
-                if not self._pending:
-                    await self._wake.park()
-                await self._commit_once()
-        finally:
-            # On cancellation (shutdown), whatever was queued is still committed: it may have been
-            # promised to a client already.
-            with trio.CancelScope(shield=True):
-                while self._pending and self._can_write:
+        # An engine that commits on the event loop (memory) has no use for a thread.
+        threaded = type(self)._commit_batch is GroupCommit._commit_batch
+        async with self._thread.started() if threaded else contextlib.nullcontext():
+            try:
+                while True:
+                    if not self._pending:
+                        await self._wake.park()
                     await self._commit_once()
-            # From now on nobody would commit a queued write: refuse new ones instead of letting
-            # their writers wait forever.
-            self._closed = True
+            finally:
+                # On cancellation (shutdown), whatever was queued is still committed: it may have been
+                # promised to a client already.
+                with trio.CancelScope(shield=True):
+                    while self._pending and self._can_write:
+                        await self._commit_once()
+                # From now on nobody would commit a queued write: refuse new ones instead of letting
+                # their writers wait forever.
+                self._closed = True
 
     async def _commit_once(self) -> None:
         pending = self._pending

@@ -30,9 +30,15 @@ async def message(call: Call, req: p.Message) -> None:
         await chat.store.wait_for_room()
     if room.deleted:  # while this session waited above
         raise ProtocolError(Code.NO_SUCH_ROOM, f"Room '{room.name}' does not exist.")
-    event = p.MessageEvent(ts=utc_now(), room=room.name, seq=0, user=me.name, text=req.text,
-                           action=True if req.action else None, notice=req.notice or None, tags=req.tags,
-                           **session.face())
+    # Only the fields that are set: validating a None costs as much as a value.
+    extra = session.face()
+    if req.action:
+        extra["action"] = True
+    if req.notice:
+        extra["notice"] = True
+    if req.tags is not None:
+        extra["tags"] = req.tags
+    event = p.MessageEvent(ts=utc_now(), room=room.name, seq=0, user=me.name, text=req.text, **extra)
     chat.write(session, room, event, req)
     return None
 
