@@ -73,8 +73,10 @@ def _short(frame: str) -> str:
 
 # A worker thread with nothing to do waits inside these frames; py-spy does not see that as idle.
 _IDLE_LEAVES = ("WorkerThread._work (trio/_core/_thread_cache.py)",
-                # the password-hashing threads wait for work in queue.get, a C call py-spy shows as their own
-                "LowPriorityThreads._work (utuvox/chat/low_priority.py)")
+                # the password-hashing threads wait for work in queue.get, a C call py-spy counts as their own time,
+                "LowPriorityThreads._work (utuvox/chat/low_priority.py)",
+                # and so does the store's writer thread between commits
+                "WriterThread._work (utuvox/store/writer_thread.py)")
 
 
 def summarize(raw: str, top: int = 20) -> str:

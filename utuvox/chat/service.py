@@ -68,7 +68,16 @@ class Call:
     chat: Chat
     session: Session
     room: Room | None = None  # the room the request acts in, for commands that declare ``member``
-    audit: Audit = field(default_factory=Audit)
+    _audit: Audit | None = None
+
+    @property
+    def audit(self) -> Audit:
+        """What the admin log is to say of this request, filled in by the handler (made when first asked
+        for: most requests are not audited, and a message is handled tens of thousands of times a second)."""
+        audit = self._audit
+        if audit is None:
+            audit = self._audit = Audit()
+        return audit
 
 
 Handler = Callable[[Call, Any], Awaitable[Reply | None]]
@@ -96,18 +105,17 @@ class Command:
     rate: RateCheck | None = None
     quota: Quota | None = None
     audit: Auditor | None = None
+    # Read from the request type once: every request reads them.
+    admin: bool = field(init=False)
+    login: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "admin", bool(self.request.admin_only))
+        object.__setattr__(self, "login", not self.request.anonymous)
 
     @property
     def type(self) -> str:
         return str(self.request.model_fields["type"].default)
-
-    @property
-    def admin(self) -> bool:
-        return bool(self.request.admin_only)
-
-    @property
-    def login(self) -> bool:
-        return not self.request.anonymous
 
 
 class CommandTable:
