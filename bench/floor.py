@@ -154,8 +154,8 @@ def _roundtrip(port: int, receivers: int, seconds: float) -> tuple[float, float]
     rs = [_connect(port, b"R") for _ in range(receivers)]
     s = _connect(port, b"S")
     sel = selectors.DefaultSelector()
-    for sock in (*rs, s):
-        sel.register(sock, selectors.EVENT_READ)
+    for conn in (*rs, s):
+        sel.register(conn, selectors.EVENT_READ)
     line = b"~@" + b"x" * 30 + b"\n"
     buf = bytearray(1 << 16)
     times: list[float] = []
