@@ -347,9 +347,10 @@ class Console(cmd2.Cmd):
             self.poutput(renderable, soft_wrap=False)  # fit the window
             return
         # In a pipe or a file, a table keeps its natural width: no cell is folded or cut for scripts.
-        out = RichConsole(file=io.StringIO(), width=PIPE_WIDTH, color_system=None, force_terminal=False)
+        buffer = io.StringIO()
+        out = RichConsole(file=buffer, width=PIPE_WIDTH, color_system=None, force_terminal=False)
         out.print(renderable)
-        self.poutput("\n".join(line.rstrip() for line in out.file.getvalue().splitlines()))
+        self.poutput("\n".join(line.rstrip() for line in buffer.getvalue().splitlines()))
 
     def listing(self, args: argparse.Namespace, reply: Reply, view: Callable[[Any], RenderableType],
                 empty: str, count: int) -> None:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from utuvox.protocol import Code, ProtocolError
-from utuvox.protocol.text_codec import size as text_size
+from utuvox.protocol.units import byte_size as text_size
 
 from .session import Identity, Session
 

@@ -33,7 +33,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from utuvox.protocol.text_codec import size
+from utuvox.protocol.units import byte_size as size
 
 from .client import Client, connect
 from .errors import UtuVoxError
