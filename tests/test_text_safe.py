@@ -14,6 +14,8 @@ from rich.console import Console
 
 from console import views
 from utuvox.client.files import safe_file_name
+from utuvox.client.probe import _diagnose
+from utuvox.client.transport import parse_url
 from utuvox.protocol import admin as a
 from utuvox.protocol import core as p
 from utuvox.protocol import text_codec
@@ -22,6 +24,7 @@ from utuvox.server.app import Server
 
 from .clients import TIMEOUT
 from .conftest import login_json
+from .test_console import console
 
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
@@ -123,3 +126,15 @@ async def test_text_mode_sessions_see_no_bidi_or_hidden_characters(server: Serve
     # JSON clients get the text exactly as sent.
     history = await js.request("history", room="general")
     assert history["events"][-1]["text"] == hidden
+
+
+async def test_the_console_cleans_what_its_failures_quote(server: Server) -> None:
+    result = await console(server, "kick '#x\x1b[2Jy'")
+    assert result.returncode == 1
+    said = result.stderr.decode()
+    assert "Not a session id: #x\ufffd[2Jy" in said and "\x1b" not in said
+
+
+def test_the_client_cleans_what_another_server_answered() -> None:
+    said = _diagnose(parse_url("tcp://127.0.0.1:9091"), b"HTTP/1.1 400 \x1b]0;owned\x07Bad\r\n\r\n")
+    assert said is not None and "'HTTP/1.1 400 \ufffd]0;owned\ufffdBad'" in said
