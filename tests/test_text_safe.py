@@ -7,7 +7,6 @@ import sys
 import unicodedata
 
 import pytest
-import trio
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
@@ -22,8 +21,7 @@ from utuvox.protocol import text_codec
 from utuvox.protocol.safe_text import UNSAFE, clean, is_safe
 from utuvox.server.app import Server
 
-from .clients import TIMEOUT
-from .conftest import login_json
+from .conftest import login_json, open_ws
 from .test_console import console
 
 BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -102,30 +100,29 @@ def test_text_mode_and_the_console_show_text_through_it() -> None:
     assert clean(evil) in shown and "\x1b" not in shown and "\u061c" not in shown
 
 
-async def test_text_mode_sessions_see_no_bidi_or_hidden_characters(server: Server, connect_json, connect_text) -> None:
+async def test_text_mode_sessions_see_no_bidi_or_hidden_characters(server: Server, connect_text) -> None:
+    """A WebSocket client writes a topic and a message that would read differently on screen than they are."""
     hidden = "pay \u061c\u2067bob\u2069 \ufff9100\ufffa1\ufffb now\u206a"
-    js = await connect_json()
-    await login_json(js, "mallory")
-    await js.request("create", room="general")
-    text = await connect_text()
-    await text.recv_line()
-    await text.send("/register victim pw")
-    await text.send("/join general")
-    await text.expect("You joined room 'general'")
-    assert (await js.request("message", text=hidden))["type"] == "ok"
-    assert (await js.request("topic", room="general", text=hidden))["type"] == "ok"
-    await text.send("/ping")
-    raw = text.buf
-    with trio.fail_after(TIMEOUT):
-        while b"] Pong." not in raw:
-            raw += await text.stream.receive_some(65536)
-    shown = raw.decode()
-    assert f"mallory: {clean(hidden)}" in shown
-    assert f"mallory set the topic of room 'general': {clean(hidden)}" in shown
-    assert is_safe(shown.replace("\n", ""))
-    # JSON clients get the text exactly as sent.
-    history = await js.request("history", room="general")
-    assert history["events"][-1]["text"] == hidden
+    async with open_ws(server.ws_port) as writer:
+        await login_json(writer, "writer")
+        assert (await writer.request("create", room="lobby"))["type"] == "joined"
+        assert (await writer.request("topic", room="lobby", text=hidden))["type"] == "ok"
+        reader = await connect_text()
+        await reader.recv_line()
+        for line in ("/register reader pw", "/join lobby"):
+            await reader.send(line)
+        shown = [await reader.expect(f"Topic of 'lobby': {clean(hidden)}")]
+        await reader.expect("You joined room 'lobby'")
+        assert (await writer.request("message", text=hidden))["type"] == "ok"
+        await reader.send("/ping")
+        while not (line := await reader.recv_line()).endswith("] Pong."):
+            shown.append(line)
+        assert any(line.endswith(f"] writer: {clean(hidden)}") for line in shown), shown
+        assert all(is_safe(line) for line in shown)
+        assert not set("\u061c\u2067\u2069\ufff9\ufffa\ufffb\u206a") & set("".join(shown))
+        # JSON clients get the text exactly as sent.
+        history = await writer.request("history", room="lobby")
+        assert [e["text"] for e in history["events"] if e["type"] == "message"] == [hidden]
 
 
 async def test_the_console_cleans_what_its_failures_quote(server: Server) -> None:
