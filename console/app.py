@@ -335,9 +335,9 @@ class Console(cmd2.Cmd):
             if reply is None:
                 return None
             entries += getattr(reply, field)
-            if reply.next is None:  # type: ignore[attr-defined]
+            if reply.next is None:
                 return reply.model_copy(update={field: entries, "next": None})
-            request = request.model_copy(update={"after": reply.next})  # type: ignore[attr-defined]
+            request = request.model_copy(update={"after": reply.next})
 
     def say(self, reply: Reply, request: Request) -> None:
         """A confirmation, worded as in chat."""

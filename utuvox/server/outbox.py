@@ -277,7 +277,7 @@ class Outbox:
 
     def _size(self, item: Wire | _Framed) -> int:
         if item.__class__ is _Framed:
-            return len(item.data)  # type: ignore[union-attr]
+            return len(item.data)
         return len(item.json) if self.codec == "json" else len(item.text(self._current_room()))  # type: ignore
 
     @property

@@ -120,14 +120,14 @@ class IrcOutbox(Outbox):
                     out.append(data if data is not None else item.irc(flags))  # type: ignore[union-attr]
                 elif event.__class__ in (p.PrivateMessage, p.RoomDeleted, p.Notice):
                     if event.__class__ is p.RoomDeleted:
-                        out.append(format_line("PART", render.channel(event.room), "Room deleted",  # type: ignore
+                        out.append(format_line("PART", render.channel(event.room), "Room deleted",
                                                source=self._source()).encode())
                     out.append(self._render(event))
-                elif event.__class__ is p.LeaveEvent and event.quit:  # type: ignore[union-attr]
+                elif event.__class__ is p.LeaveEvent and event.quit:
                     # One QUIT per person, however many rooms this reader shares with them.
                     quits = self._quits if self._quits is not None else {}
                     self._quits = quits
-                    who = event.nick or event.user  # type: ignore[union-attr]
+                    who = event.nick or event.user
                     if who in quits:
                         continue
                     quits[who] = None
@@ -136,7 +136,7 @@ class IrcOutbox(Outbox):
                     out.append(item.irc(flags))  # type: ignore[union-attr]
                 else:
                     if event.__class__ is p.JoinEvent and self._quits:
-                        self._quits.pop(event.nick or event.user, None)  # type: ignore[union-attr]
+                        self._quits.pop(event.nick or event.user, None)
                     out.append(item.irc(flags))  # type: ignore[union-attr]
             elif cls is bytes:
                 out.append(item)  # type: ignore[arg-type]
