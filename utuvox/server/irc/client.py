@@ -98,7 +98,8 @@ class IrcClient:
 
     @property
     def source(self) -> str:
-        return render.prefix(self.me, self.session.ident)
+        # Before registration ends (a 900 after SASL) the ident is the one USER gave, if it came.
+        return render.prefix(self.me, self.session.ident or (f"~{self.ident}" if self.ident else None))
 
     def has(self, cap: str) -> bool:
         return cap in self.caps
@@ -785,7 +786,8 @@ class IrcClient:
         chan = render.channel(room.name)
         if not args:
             self.num(n.RPL_CHANNELMODEIS, chan, CHANNEL_MODES)
-            self.num(n.RPL_CREATIONTIME, chan, str(int(self.created.timestamp())))
+            # Rooms do not record when they were made: the server's start is the same for every reader.
+            self.num(n.RPL_CREATIONTIME, chan, str(int(self.chat.started_at.timestamp())))
             return
         spec = args[0]
         if spec.lstrip("+") in ("b", "e", "I") and len(args) == 1:
