@@ -51,7 +51,7 @@ class IrcOutbox(Outbox):
             return
         queue = self._queue
         if len(queue) >= self.limit:
-            self._overflow()
+            self._overflow(len(wire.json))
             return
         queue.append(wire)
         if not self._marked and not self._writing:
@@ -130,7 +130,7 @@ class IrcOutbox(Outbox):
                 out.append(item)  # type: ignore[arg-type]
             else:  # a WebSocket control frame (pong, close), framed already
                 ready.add(len(out))
-                out.append(item.framed(None))  # type: ignore[union-attr]
+                out.append(item.framed(None))  # type: ignore[union-attr, arg-type]
         self._space.unpark_all()
         frame = self.conn.frame
         if frame is not None:  # IRC over WebSocket: a message per line, without its CR LF
