@@ -52,6 +52,14 @@ class Irssi:
         path = self.home / "raw.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    async def open_rawlog(self) -> None:
+        """Have irssi write every line in and out to raw.log, starting with those it keeps in memory."""
+        (self.home / "raw.log").unlink(missing_ok=True)
+        self.type("/rawlog open " + str(self.home / "raw.log"))
+        with trio.fail_after(TIMEOUT):
+            while " 366 " not in self.raw():
+                await trio.sleep(0.1)
+
 
 @asynccontextmanager
 async def running_irssi(home: Path, port: int, nick: str, account: str, password: str) -> AsyncIterator[Irssi]:
@@ -102,7 +110,7 @@ async def test_irssi_with_json_and_text_users(tmp_path: Path) -> None:
                 joined = await _event(jason, lambda e: isinstance(e, p.JoinEvent) and e.user == account)
                 assert joined.nick == nick and not joined.guest  # SASL: the account, under its own nick
                 await irssi.wait_log("#general", "irssi welcome")  # the topic, on join
-                irssi.type("/rawlog open " + str(irssi.home / "raw.log"))
+                await irssi.open_rawlog()
                 # talk both ways
                 await jason.message("hello from json", room="general")
                 await irssi.wait_log("#general", "<@jason> hello from json")
@@ -139,8 +147,7 @@ async def test_irssi_with_json_and_text_users(tmp_path: Path) -> None:
             # a ban from an admin's JSON session ends irssi's IRC session
             async with running_irssi(tmp_path / "irssi", irc_port, nick, account, password) as irssi:
                 await _event(jason, lambda e: isinstance(e, p.JoinEvent) and e.nick == nick)
-                irssi.type("/rawlog open " + str(irssi.home / "raw.log"))
-                await trio.sleep(0.5)  # the rawlog command is typed, not answered: give irssi a moment
+                await irssi.open_rawlog()
                 assert (await admin.request("ban_user", username=account, reason="spam"))["type"] == "ok"
                 gone = await _event(jason, lambda e: isinstance(e, p.LeaveEvent) and e.user == account)
                 assert gone.quit
