@@ -385,3 +385,20 @@ async def test_floods_are_limited_and_silent_connections_closed(tmp_path: Path) 
         mute = await RawIrc.connect(server.irc_port)
         await mute.send("NICK mute")  # and never USER: registration never ends
         assert "Not logged in" in await mute.expect("ERROR")
+
+
+async def test_whox_names_accounts_of_every_transport(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        json = await JsonLines.connect(server.tcp_port)
+        await json.request("register", username="val", password="pw")
+        await json.request("create", room="lobby")
+        guest = await RawIrc.connect(server.irc_port)
+        await guest.register("visitor")
+        await guest.send("JOIN #lobby", "WHO #lobby %afnt,42", "WHO val %rn")
+        replies = []
+        while " 315 " not in (line := await guest.expect(lambda t: " 354 " in t or " 315 " in t)):
+            replies.append(parse(line).params[1:])
+        # fields in the specification's order (t n f a), whatever order they were asked in
+        assert sorted(replies) == [["42", "val", "H@", "val"], ["42", "visitor", "H", "0"]]
+        assert parse(await guest.expect(" 354 ")).params[1:] == ["val", "val"]
+        await guest.expect(" 315 visitor val ")

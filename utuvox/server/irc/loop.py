@@ -21,7 +21,7 @@ log = logging.getLogger("utuvox.irc")
 
 
 async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: IrcOutbox,
-                        limiter: SessionLimiter | None, registry: IrcRegistry) -> None:
+                        limiter: SessionLimiter | None, registry: IrcRegistry[IrcClient]) -> None:
     client = IrcClient(chat, session, outbox, registry)
     requests = limiter.requests if limiter is not None else None
     try:
