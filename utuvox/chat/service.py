@@ -141,6 +141,7 @@ class Chat:
         self._rooms: dict[str, Room] = {}
         self._room_keys = SortedKeys()  # the keys of ``_rooms``, for listings a page at a time
         self._rooms_created: dict[str, int] = {}  # by user key: rooms they created that still exist
+        self._creating: dict[str, trio.Event] = {}  # by room key: rooms being created, set once they are
         self._sessions: dict[int, Session] = {}
         self._by_user: dict[str, dict[Session, None]] = {}
         self._online_keys = SortedKeys()  # the keys of ``_by_user``
@@ -610,13 +611,24 @@ class Chat:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.")
         self.check_join(session, None)
         self.limits.check_create(session, self._rooms_created.get(me.key, 0))
+        key = name.lower()
+        pending = self._creating.get(key)
+        if pending is not None:
+            # Someone else is creating it this instant: once theirs is done, it exists (a join finds it).
+            await pending.wait()
+            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.")
+        self._creating[key] = done = trio.Event()
         try:
-            record = await self.store.create_room(name, me.name)
-        except Conflict:
-            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.") from None
-        room = Room(record.id, record.name, 0, self.config.recent_cache, created_by=me.key)
-        room.loaded = True
-        self.add_room(room)
+            try:
+                record = await self.store.create_room(name, me.name)
+            except Conflict:
+                raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.") from None
+            room = Room(record.id, record.name, 0, self.config.recent_cache, created_by=me.key)
+            room.loaded = True
+            self.add_room(room)
+        finally:
+            del self._creating[key]
+            done.set()
         self.elsewhere.tell("room_created", id=room.id, name=room.name)
         log.info("room %s created by %s", room.name, me.name)
         return room

@@ -18,8 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import trio
-
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session, let_others_in
 from utuvox.protocol import ProtocolError, Reply, Request
@@ -599,10 +597,7 @@ class IrcClient:
                 except ProtocolError as exc:
                     if exc.code != Code.ROOM_EXISTS:
                         raise
-                    # Created by someone else this instant: the room appears once their request resumes.
-                    with trio.move_on_after(2):
-                        while not self.chat.has_room(name):
-                            await trio.sleep(0.005)
+                    # Created by someone else this instant (the chat answers once it exists): join it.
                     joined = await self.request(p.Join(room=name))
         except ProtocolError as exc:
             if exc.code in (Code.LIMIT_REACHED, Code.RATE_LIMITED):
