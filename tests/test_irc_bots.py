@@ -24,7 +24,7 @@ from utuvox.client import connect
 from utuvox.protocol import core as p
 from utuvox.protocol.irc.lines import parse
 
-from .clients import JsonLines, TextLines
+from .clients import TextLines, register_accounts
 from .conftest import running_server
 from .test_irc import RawIrc
 
@@ -175,13 +175,7 @@ async def converse(tmp_path: Path, framework: Callable[..., tuple[list[str], Pat
     nick, account, password = "botnick", "botacct", "pw-botacct"
     async with running_server(tmp_path / "data") as server:
         irc_port, tcp = server.irc_port, server.tcp_port
-        admin = await JsonLines.connect(tcp)
-        assert (await admin.request("register", username="root", password="pw",
-                                    admin_key=server.admin_key.load_or_create()))["type"] == "logged_in"
-        for name, secret in ((account, password), ("tina", "pw-tina")):
-            client = await JsonLines.connect(tcp)
-            assert (await client.request("register", username=name, password=secret))["type"] == "logged_in"
-            await client.aclose()
+        admin = await register_accounts(tcp, server.admin_key.load_or_create(), {account: password, "tina": "pw-tina"})
 
         async with connect(f"tcp://127.0.0.1:{tcp}") as jason:
             await jason.register("jason", "pw-jason")
