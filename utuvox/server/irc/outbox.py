@@ -50,22 +50,11 @@ class IrcOutbox(Outbox):
                 return
             if cls is p.TopicEvent:
                 return  # the IRC state answers its own TOPIC
-        # Outbox.deliver, unrolled: once per member per event. The bytes are counted at the event's JSON
-        # size, known already: the IRC line is rendered later, once per set of capabilities, and is about
-        # as long (the tags of server-time and msgid against the JSON's field names).
-        if self.closing:
-            return
-        queue = self._queue
-        size = len(wire.json)
-        queued = self._queued_bytes + size
-        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
-            self._overflow(size)
-            return
-        queue.append(wire)
-        self._queued_bytes = queued
-        if not self._marked and self.state is _OPEN:
-            self._marked = True
-            self.flusher.mark(self)
+        # The bytes are counted at the event's JSON size, known already: the IRC line is rendered later,
+        # once per set of capabilities, and is about as long (the tags of server-time and msgid against the
+        # JSON's field names).
+        if not self.closing:
+            self._put_sized(wire, len(wire.json))
 
     def acknowledge(self, request: Request, room: str, seq: int) -> None:
         label = self.labels.pop(id(request), None) if self.labels else None
