@@ -693,8 +693,18 @@ class Chat:
         await self.store.set_topic(room.id, topic, me.name, now.timestamp())
         room.topic, room.topic_by, room.topic_ts = topic, me.name, now.timestamp()
         nick = session.nick if session.nick and session.nick != me.name else None
-        self.publish_once(room, Wire(p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, nick=nick),
-                                     session))
+        event = p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, nick=nick)
+        self.publish_once(room, Wire(event, session))
+        self.elsewhere.tell("topic", id=room.id, event=event.model_dump(mode="json"))
+
+    def _topic_elsewhere(self, m: dict[str, Any]) -> None:
+        """Another node set a room's topic (stored there already): take it, and tell the members here."""
+        event = p.TopicEvent.model_validate(m["event"])
+        room = self.room_here(event.room)
+        if room is None or room.id != m["id"]:
+            return
+        room.topic, room.topic_by, room.topic_ts = event.topic, event.user, event.ts.timestamp()
+        self.publish_once(room, Wire(event))
 
     # --- deleting rooms -------------------------------------------------------------------------
 
@@ -821,6 +831,7 @@ class Chat:
                 room.loaded = True  # a new room: whatever it has, the doorbells bring
 
         elsewhere.on("room_created", room_created)
+        elsewhere.on("topic", self._topic_elsewhere)
         elsewhere.on("private_message",
                      lambda m: self.deliver_private(p.PrivateMessage.model_validate(m["event"])))
         elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], self.clock.now()))

@@ -844,15 +844,17 @@ class IrcClient:
 
     async def to_nick(self, target: str, text: str, notice: bool, line: Line) -> None:
         session = self.find(target)
-        if session is None or session.user is None:
+        # On another node of a cluster, people are known by their account names.
+        remote = session is None and bool(self.chat.elsewhere.sessions_of(target.lower()))
+        if not remote and (session is None or session.user is None):
             if not notice:
                 self.num(n.ERR_NOSUCHNICK, target[:64], "No such nick/channel")
             return
-        other = self.registry.of(session)
+        to = session.user.name if session is not None and session.user is not None else target
+        other = self.registry.of(session) if session is not None else None
         self.outbox.own_private = None
         try:
-            await self.request(p.Msg(to=session.user.name, text=text, notice=notice or None,
-                                          tags=client_tags(line)))
+            await self.request(p.Msg(to=to, text=text, notice=notice or None, tags=client_tags(line)))
         except ProtocolError as exc:
             if not notice:
                 if exc.code in (Code.NO_SUCH_USER, Code.USER_OFFLINE):
@@ -864,8 +866,9 @@ class IrcClient:
             return
         own, self.outbox.own_private = self.outbox.own_private, None
         if self.has("echo-message") and own is not None:
-            self.send_raw(render.event_line(own.event, self.outbox.flags, self.source, to=self.nick_of(session)))
-        if not notice and other is not None and other.away is not None:
+            shown = self.nick_of(session) if session is not None else own.event.to
+            self.send_raw(render.event_line(own.event, self.outbox.flags, self.source, to=shown))
+        if not notice and other is not None and other.away is not None and session is not None:
             self.num(n.RPL_AWAY, self.nick_of(session), other.away)
 
     # --- queries --------------------------------------------------------------------------------
