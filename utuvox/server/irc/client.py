@@ -455,9 +455,18 @@ class IrcClient:
         self.motd()
 
     async def cmd_ping(self, line: Line) -> None:
+        """A PONG follows the commits of the messages sent before its PING (clients sync on it). While
+        those commit, the lines behind the PING are read on: a bot pipelining messages and PINGs is
+        not held up at each PING. With a label, or private messages on their way in, it waits here."""
         if not line.params:
             self.num(n.ERR_NEEDMOREPARAMS, "PING", "Not enough parameters")
             return
+        session = self.session
+        if session.unacked and self.label is None and not session.incoming:
+            token = line.params[0]
+            session.after_writes(lambda: self.send("PONG", render.SERVER_NAME, token))
+            return
+        await session.catch_up()
         await let_others_in()
         self.send("PONG", render.SERVER_NAME, line.params[0])
 
