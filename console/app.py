@@ -37,6 +37,7 @@ from utuvox.protocol import Event, Frame, Reply, Request, text_codec
 from utuvox.protocol import admin as a
 from utuvox.protocol import core as p
 from utuvox.protocol.core import Goodbye
+from utuvox.protocol.safe_text import clean
 
 from . import views
 from .link import AdminLink, Disconnected, ServerError
@@ -280,7 +281,7 @@ class Console(cmd2.Cmd):
     # --- helpers ----------------------------------------------------------------------------------
 
     def fail(self, message: str) -> None:
-        self.perror(message)
+        self.perror(clean(message))  # it may quote the server, or what a user typed
 
     def build(self, model: type[Request], **fields: Any) -> Any:
         """The request, or ``None`` (and a failure said) when a field is invalid."""
@@ -334,9 +335,9 @@ class Console(cmd2.Cmd):
             if reply is None:
                 return None
             entries += getattr(reply, field)
-            if reply.next is None:  # type: ignore[attr-defined]
+            if reply.next is None:
                 return reply.model_copy(update={field: entries, "next": None})
-            request = request.model_copy(update={"after": reply.next})  # type: ignore[attr-defined]
+            request = request.model_copy(update={"after": reply.next})
 
     def say(self, reply: Reply, request: Request) -> None:
         """A confirmation, worded as in chat."""

@@ -14,7 +14,8 @@ from rich.text import Text
 
 from utuvox.protocol import admin as a
 from utuvox.protocol import core as p
-from utuvox.protocol.text_codec import clean, duration, size
+from utuvox.protocol.safe_text import clean
+from utuvox.protocol.units import byte_size, duration
 
 
 def when(ts: datetime | None) -> str:
@@ -69,7 +70,7 @@ def _event_row(event: Any) -> list[Any]:
         return [event.seq, when(event.ts), "message", event.user, event.text]
     if isinstance(event, p.FileEvent):
         return [event.seq, when(event.ts), event.action, event.user,
-                f"{event.name} (original: {event.original}, {size(event.size)})"]
+                f"{event.name} (original: {event.original}, {byte_size(event.size)})"]
     return [event.seq, when(event.ts), event.type, event.user, ""]
 
 
@@ -90,8 +91,8 @@ def stats(reply: a.ServerStats) -> Table:
         ["Rooms", reply.rooms],
         ["Messages", reply.messages],
         ["Messages per second", f"{reply.messages_per_second:.1f}"],
-        ["Bytes sent", f"{reply.bytes_sent} ({size(reply.bytes_sent)})"],
-        ["Bytes per second", f"{reply.bytes_per_second:.0f} ({size(reply.bytes_per_second)}/s)"],
+        ["Bytes sent", f"{reply.bytes_sent} ({byte_size(reply.bytes_sent)})"],
+        ["Bytes per second", f"{reply.bytes_per_second:.0f} ({byte_size(reply.bytes_per_second)}/s)"],
     ])
 
 

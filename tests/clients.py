@@ -15,11 +15,39 @@ import trio_websocket
 TIMEOUT = 5
 
 
-class JsonLines:
+class _JsonRequests:
+    """Reply matching of the raw JSON test clients: a fresh id per request, frames skipped until the one
+    that carries it. (These clients share no code with the SDK's ClientProtocol on purpose: they check the
+    server from outside, byte for byte, and may send what no SDK would.)"""
+
+    _next_id = 0
+
+    async def send(self, frame: Any) -> None:
+        raise NotImplementedError
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def recv_until(self, pred: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Skip frames until one satisfies ``pred`` (e.g. ``lambda f: f.get('re') == 3``)."""
+        with trio.fail_after(timeout):
+            while True:
+                frame = await self.recv()
+                if pred(frame):
+                    return frame
+
+    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """Send a request with a fresh id and return the reply carrying that id."""
+        self._next_id += 1
+        rid = self._next_id
+        await self.send({"type": type_, "id": rid, **fields})
+        return await self.recv_until(lambda f: f.get("re") == rid)
+
+
+class JsonLines(_JsonRequests):
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buf = b""
-        self._next_id = 0
 
     @classmethod
     async def connect(cls, port: int) -> JsonLines:
@@ -38,21 +66,6 @@ class JsonLines:
                 self.buf += data
         line, _, self.buf = self.buf.partition(b"\n")
         return json.loads(line)
-
-    async def recv_until(self, pred: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
-        """Skip frames until one satisfies ``pred`` (e.g. ``lambda f: f.get('re') == 3``)."""
-        with trio.fail_after(timeout):
-            while True:
-                frame = await self.recv()
-                if pred(frame):
-                    return frame
-
-    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
-        """Send a request with a fresh id and return the reply carrying that id."""
-        self._next_id += 1
-        rid = self._next_id
-        await self.send({"type": type_, "id": rid, **fields})
-        return await self.recv_until(lambda f: f.get("re") == rid)
 
     async def closed(self, timeout: float = TIMEOUT) -> bool:
         """Read until the server closes the connection; True if it did within the timeout."""
@@ -103,10 +116,9 @@ class TextLines:
         await self.stream.aclose()
 
 
-class WsJson:
+class WsJson(_JsonRequests):
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self.ws = ws
-        self._next_id = 0
 
     async def send(self, frame: dict[str, Any] | str) -> None:
         await self.ws.send_message(frame if isinstance(frame, str) else json.dumps(frame))
@@ -115,18 +127,6 @@ class WsJson:
         with trio.fail_after(timeout):
             return json.loads(await self.ws.get_message())
 
-    async def recv_until(self, pred: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
-        with trio.fail_after(timeout):
-            while True:
-                frame = await self.recv()
-                if pred(frame):
-                    return frame
-
-    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
-        self._next_id += 1
-        rid = self._next_id
-        await self.send({"type": type_, "id": rid, **fields})
-        return await self.recv_until(lambda f: f.get("re") == rid)
 
 
 async def raw_websocket(port: int, *, receive_buffer: int | None = None) -> trio.SocketStream:
@@ -196,3 +196,17 @@ class ServerFrames:
             await self._need(start + n)
             payload, self.buf = self.buf[start:start + n], self.buf[start + n:]
             return opcode, payload
+
+
+async def register_accounts(port: int, admin_key: str, accounts: dict[str, str]) -> JsonLines:
+    """Register ``accounts`` (name: password) on the server at ``port``, and an admin ``root`` whose JSON
+    connection is returned (still open, for bans and the like)."""
+    admin = await JsonLines.connect(port)
+    reply = await admin.request("register", username="root", password="pw", admin_key=admin_key)
+    assert reply["type"] == "logged_in", reply
+    for name, secret in accounts.items():
+        client = await JsonLines.connect(port)
+        reply = await client.request("register", username=name, password=secret)
+        assert reply["type"] == "logged_in", reply
+        await client.aclose()
+    return admin

@@ -226,3 +226,27 @@ async def test_login_failures_earn_a_delay_that_passes(autojump_clock: MockClock
         right, _ = session_of(chat)
         reply = await chat.handle(right, p.Login(id=3, username="alice", password="correct horse"))
         assert isinstance(reply, p.LoggedIn) and reply.user == "alice"
+
+
+async def test_two_creating_one_room_at_once_one_creates_and_the_other_finds_it(store: Store, tmp_path: Path) -> None:
+    async with chat_on(store, tmp_path) as chat:
+        alice, _ = session_of(chat, "alice")
+        bob, _ = session_of(chat, "bob")
+        outcomes: dict[str, Any] = {}
+
+        async def create(session: Any, who: str) -> None:
+            try:
+                outcomes[who] = await chat.handle(session, p.Create(id=who, room="lobby"))
+            except ProtocolError as exc:
+                outcomes[who] = exc.code
+                outcomes[who + " then"] = chat.has_room("lobby")  # told "exists" only once it does
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create, alice, "alice")
+            nursery.start_soon(create, bob, "bob")
+        assert sorted(str(getattr(o, "type", o)) for k, o in outcomes.items() if " " not in k) == ["joined",
+                                                                                                    "room_exists"]
+        loser = "bob" if outcomes["bob"] == "room_exists" else "alice"
+        assert outcomes[loser + " then"] is True
+        joined = await chat.handle(bob if loser == "bob" else alice, p.Join(id="j", room="lobby"))
+        assert isinstance(joined, p.Joined)

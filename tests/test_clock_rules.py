@@ -176,9 +176,15 @@ class Outbox:
         self.cut_off: str | None = None
         self.scope: trio.CancelScope | None = None
 
-    def close(self, reason: str, code: str) -> None:
+    def finish(self, reason: str | None = None, code: str | None = None) -> None:
+        """Goodbye, then close: what the watchdog does to a client that breaks a rule."""
         self.closing = True
         self.closed_with = reason
+
+    def abort(self, reason: str | None = None) -> None:
+        """Close at once: what the watchdog does to a peer that is gone."""
+        self.closing = True
+        self.cut_off = reason
 
     def send(self, frame: object) -> None:
         self.sent.append(frame)

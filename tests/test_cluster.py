@@ -28,6 +28,7 @@ from utuvox.server.settings import Settings
 from .clients import JsonLines
 from .databases import fresh_database
 from .processes import Serving, serve, stop
+from .test_irc import RawIrc
 
 REDIS = "redis://127.0.0.1:6379/0"
 NATS = "nats://127.0.0.1:4222"
@@ -353,3 +354,24 @@ async def test_wrong_cluster_settings_are_refused_with_a_clear_error(tmp_path: P
     with fresh_database() as url:
         code, err = await refused("--database-url", url, "--broker-url", "redis://127.0.0.1:1/0")
     assert code == 1 and "cannot reach the broker" in err
+
+
+async def test_topics_and_irc_private_messages_cross_nodes(tmp_path: Path) -> None:
+    async with two_nodes(tmp_path) as (one, two):
+        alice = await login(one, "alice", register=True)
+        assert (await alice.request("create", room="lobby"))["type"] == "joined"
+        await login(one, "bob", register=True)
+        bob = RawIrc(await trio.open_tcp_stream("127.0.0.1", two.irc_port))
+        assert " 001 " in await bob.register("bob", "PASS bob:pw")
+        await bob.send("JOIN #lobby")
+        await bob.expect(" 366 ")  # end of NAMES: in the room
+        # A topic set on one node reaches the members on the other, and the room there keeps it.
+        assert (await alice.request("topic", room="lobby", text="cross-node"))["type"] == "ok"
+        assert (await bob.expect(" TOPIC #lobby ")).endswith(" cross-node")
+        await bob.send("TOPIC #lobby")
+        assert (await bob.expect(" 332 ")).endswith(" cross-node")
+        # An IRC user writes privately to a JSON user on the other node, by account name.
+        await until_listed(alice, "lobby", ["alice", "bob"])
+        await bob.send("PRIVMSG alice :psst, over here")
+        frame = await alice.recv_until(lambda f: f.get("type") == "msg")
+        assert (frame["user"], frame["to"], frame["text"]) == ("bob", "alice", "psst, over here")

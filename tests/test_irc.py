@@ -385,3 +385,49 @@ async def test_floods_are_limited_and_silent_connections_closed(tmp_path: Path) 
         mute = await RawIrc.connect(server.irc_port)
         await mute.send("NICK mute")  # and never USER: registration never ends
         assert "Not logged in" in await mute.expect("ERROR")
+
+
+async def test_whox_names_accounts_of_every_transport(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        json = await JsonLines.connect(server.tcp_port)
+        await json.request("register", username="val", password="pw")
+        await json.request("create", room="lobby")
+        guest = await RawIrc.connect(server.irc_port)
+        await guest.register("visitor")
+        await guest.send("JOIN #lobby", "WHO #lobby %afnt,42", "WHO val %rn")
+        replies = []
+        while " 315 " not in (line := await guest.expect(lambda t: " 354 " in t or " 315 " in t)):
+            replies.append(parse(line).params[1:])
+        # fields in the specification's order (t n f a), whatever order they were asked in
+        assert sorted(replies) == [["42", "val", "H@", "val"], ["42", "visitor", "H", "0"]]
+        assert parse(await guest.expect(" 354 ")).params[1:] == ["val", "val"]
+        await guest.expect(" 315 visitor val ")
+
+
+async def test_a_pong_follows_the_messages_before_its_ping_and_precedes_those_after(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        json = await JsonLines.connect(server.tcp_port)
+        await json.request("register", username="val", password="pw")
+        await json.request("create", room="lobby")
+        bot = await RawIrc.connect(server.irc_port)
+        await bot.send("CAP REQ :echo-message")
+        assert " 001 " in await bot.register("pipebot", "CAP END")
+        await bot.send("JOIN #lobby")
+        await bot.expect(" 366 ")
+        # A pipelining bot: messages, a PING, more messages, another PING, all in one write.
+        before = [f"PRIVMSG #lobby :before {i}" for i in range(50)]
+        after = [f"PRIVMSG #lobby :after {i}" for i in range(50)]
+        await bot.send(*before, "PING :middle", *after, "PING :end")
+        seen: list[str] = []
+        while not seen or "end" not in seen[-1]:
+            text = await bot.line()
+            if " PRIVMSG #lobby :" in text:
+                seen.append(text.rsplit(":", 1)[1])
+            elif " PONG " in text:
+                seen.append("PONG " + text.rsplit(" ", 1)[1].lstrip(":"))
+        expected = [f"before {i}" for i in range(50)] + ["PONG middle"] + [f"after {i}" for i in range(50)]
+        assert seen == [*expected, "PONG end"]
+        # Everything the PONGs vouched for is stored, in that order.
+        page = await json.request("history", room="lobby", limit=200)
+        texts = [e["text"] for e in page["events"] if e["type"] == "message"]
+        assert texts == [t for t in expected if not t.startswith("PONG")]

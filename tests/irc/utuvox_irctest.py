@@ -46,6 +46,7 @@ class UtuVoxController(BaseServerController, DirectoryBasedController):
         "PREFIX": "(ov)@+",
         "TARGMAX": patma.ANYSTR,
         "UTF8ONLY": None,
+        "WHOX": None,
     }
 
     def run(self, hostname: str, port: int, *, password: str | None, ssl: bool, run_services: bool,

@@ -47,7 +47,7 @@ from utuvox.protocol import core as p
 from utuvox.protocol import files as f
 from utuvox.protocol.files import FileCode
 from utuvox.protocol.safe_text import clean
-from utuvox.protocol.text_codec import size
+from utuvox.protocol.units import byte_size as size
 from utuvox.store import Conflict, FileRecord, StoreError
 
 from .commands import messages

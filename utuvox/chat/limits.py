@@ -32,7 +32,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 
 from utuvox.protocol import Code, ProtocolError
-from utuvox.protocol.text_codec import size as text_size
+from utuvox.protocol.units import byte_size as text_size
 
 from .clock import Clock
 from .section import NOT_A_SETTING, Env, Section

@@ -149,6 +149,7 @@ class Chat:
         self._rooms: dict[str, Room] = {}
         self._room_keys = SortedKeys()  # the keys of ``_rooms``, for listings a page at a time
         self._rooms_created: dict[str, int] = {}  # by user key: rooms they created that still exist
+        self._creating: dict[str, trio.Event] = {}  # by room key: rooms being created, set once they are
         self._sessions: dict[int, Session] = {}
         self._by_user: dict[str, dict[Session, None]] = {}
         self._online_keys = SortedKeys()  # the keys of ``_by_user``
@@ -622,13 +623,24 @@ class Chat:
             raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.")
         self.check_join(session, None)
         self.limits.check_create(session, self._rooms_created.get(me.key, 0))
+        key = name.lower()
+        pending = self._creating.get(key)
+        if pending is not None:
+            # Someone else is creating it this instant: once theirs is done, it exists (a join finds it).
+            await pending.wait()
+            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.")
+        self._creating[key] = done = trio.Event()
         try:
-            record = await self.store.create_room(name, me.name)
-        except Conflict:
-            raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.") from None
-        room = Room(record.id, record.name, 0, self.config.recent_cache, created_by=me.key)
-        room.loaded = True
-        self.add_room(room)
+            try:
+                record = await self.store.create_room(name, me.name)
+            except Conflict:
+                raise ProtocolError(Code.ROOM_EXISTS, f"Room '{name}' already exists.") from None
+            room = Room(record.id, record.name, 0, self.config.recent_cache, created_by=me.key)
+            room.loaded = True
+            self.add_room(room)
+        finally:
+            del self._creating[key]
+            done.set()
         self.elsewhere.tell("room_created", id=room.id, name=room.name)
         log.info("room %s created by %s", room.name, me.name)
         return room
@@ -693,8 +705,18 @@ class Chat:
         await self.store.set_topic(room.id, topic, me.name, now.timestamp())
         room.topic, room.topic_by, room.topic_ts = topic, me.name, now.timestamp()
         nick = session.nick if session.nick and session.nick != me.name else None
-        self.publish_once(room, Wire(p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, nick=nick),
-                                     session))
+        event = p.TopicEvent(ts=now, room=room.name, user=me.name, topic=topic, nick=nick)
+        self.publish_once(room, Wire(event, session))
+        self.elsewhere.tell("topic", id=room.id, event=event.model_dump(mode="json"))
+
+    def _topic_elsewhere(self, m: dict[str, Any]) -> None:
+        """Another node set a room's topic (stored there already): take it, and tell the members here."""
+        event = p.TopicEvent.model_validate(m["event"])
+        room = self.room_here(event.room)
+        if room is None or room.id != m["id"]:
+            return
+        room.topic, room.topic_by, room.topic_ts = event.topic, event.user, event.ts.timestamp()
+        self.publish_once(room, Wire(event))
 
     # --- deleting rooms -------------------------------------------------------------------------
 
@@ -826,6 +848,7 @@ class Chat:
                 room.loaded = True  # a new room: whatever it has, the doorbells bring
 
         elsewhere.on("room_created", room_created)
+        elsewhere.on("topic", self._topic_elsewhere)
         elsewhere.on("private_message",
                      lambda m: self.deliver_private(p.PrivateMessage.model_validate(m["event"])))
         elsewhere.on("login_failed", lambda m: throttle.failed(m["account"], m["address"], self.clock.now()))

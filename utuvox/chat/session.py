@@ -7,6 +7,8 @@ never sees a socket.
 from __future__ import annotations
 
 import itertools
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -91,6 +93,8 @@ class Session:
     writes_settled: int = 0
     incoming: int = 0  # private messages to this session being stored, not yet delivered
     _settle_wait: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, repr=False)
+    # Answers waiting for the writes started before them (after_writes), in the order they were made.
+    _after_writes: deque[tuple[int, Callable[[], None]]] = field(default_factory=deque, repr=False)
 
     @property
     def unacked(self) -> int:
@@ -106,6 +110,22 @@ class Session:
         self.writes_settled += 1
         if self._settle_wait:  # nobody waits, almost always: spare the call
             self._settle_wait.unpark_all()
+        if self._after_writes:
+            self._answer_due()
+
+    def after_writes(self, answer: Callable[[], None]) -> None:
+        """Run ``answer`` once the writes started so far are answered: at once if they are, else right
+        after the last of them, before any later write's answer. The caller goes on meanwhile, so a
+        pipelining client's next lines are read while the earlier ones commit."""
+        if self.writes_settled >= self.writes_started:
+            answer()
+        else:
+            self._after_writes.append((self.writes_started, answer))
+
+    def _answer_due(self) -> None:
+        due = self._after_writes
+        while due and due[0][0] <= self.writes_settled:
+            due.popleft()[1]()
 
     async def settle(self, upto: int | None = None, *, below: int = 1) -> None:
         """Wait until the writes started so far (or the first ``upto``) are answered; with ``below``,

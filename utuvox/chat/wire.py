@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from utuvox.protocol import Event, json_codec, text_codec
+from utuvox.protocol import Event, json_codec, text_render
 from utuvox.protocol.core import MessageEvent
 from utuvox.protocol.irc import render as irc_render
 
@@ -80,8 +80,8 @@ class Wire:
         here = not isinstance(self.event, MessageEvent) or self.room == current_room
         if here:
             if self._text_here is None:
-                self._text_here = text_codec.render(self.event, current_room=self.room).encode()
+                self._text_here = text_render.render(self.event, current_room=self.room).encode()
             return self._text_here
         if self._text_there is None:
-            self._text_there = text_codec.render(self.event, current_room=None).encode()
+            self._text_there = text_render.render(self.event, current_room=None).encode()
         return self._text_there

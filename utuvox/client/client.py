@@ -542,5 +542,5 @@ def _sole(group: BaseExceptionGroup[Any]) -> BaseException:
     inside ``async with connect()``), not a group of one.
     """
     while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]  # type: ignore[assignment]
+        group = group.exceptions[0]
     return group

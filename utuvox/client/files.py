@@ -60,14 +60,14 @@ def _sha256_of(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-async def upload(ready: ReadyLink, room: str, path: Path, progress: Progress | None = None) -> f.Uploaded:
+async def upload(connected: ReadyLink, room: str, path: Path, progress: Progress | None = None) -> f.Uploaded:
     """Send the file at ``path`` to ``room``. Returns the ``uploaded`` reply (``.name`` is the unique name
     others download it by). The file is read twice (once to hash it), never held whole in memory."""
     if not path.is_file():
         raise FileNotFoundError(f"No such file: {path}")
     size, sha256 = await trio.to_thread.run_sync(_sha256_of, path)
     original = (path.name or "file")[: f.ORIGINAL_NAME_MAX]
-    link = await ready()
+    link = await connected()
     ready = await link.call(f.Upload(room=room, name=original, size=size, sha256=sha256))
     if not isinstance(ready, f.UploadReady):
         raise _error(ready)
@@ -207,9 +207,9 @@ def _open_temp(directory: Path, name: str) -> tuple[Path, Any]:
     return tmp, os.fdopen(fd, "wb")
 
 
-async def download(ready: ReadyLink, name: str, directory: Path, progress: Progress | None = None) -> Path:
+async def download(connected: ReadyLink, name: str, directory: Path, progress: Progress | None = None) -> Path:
     """Fetch the file ``name`` (its unique name) into ``directory``; return the path written."""
-    link = await ready()
+    link = await connected()
     chunks_in, chunks_out = trio.open_memory_channel[Any](math.inf)
 
     def on_reply(reply: Reply) -> None:

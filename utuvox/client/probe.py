@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import trio
 
+from utuvox.protocol.safe_text import clean
+
 from .transport import DEFAULT_TCP_PORT, DEFAULT_WS_PORT, Address, parse_url
 
 PROBE_TIMEOUT = 1.5  # the TCP port greets a silent client after its detect_timeout (0.5 s by default)
@@ -66,7 +68,7 @@ async def explain_failure(address: Address) -> str | None:
 def _diagnose(address: Address, answer: bytes) -> str | None:
     where = f"{address.host}:{address.port}"
     if address.scheme == "tcp" and answer.startswith(b"HTTP/"):
-        status = answer.split(b"\r\n", 1)[0].decode("ascii", "replace")
+        status = clean(answer.split(b"\r\n", 1)[0].decode("ascii", "replace"))  # another server's words
         return (f"tcp://{where} is a WebSocket (HTTP) port; it answered '{status}'. "
                 f"Use ws://{where}, or the server's TCP port with tcp://")
     if address.scheme == "ws" and (answer.startswith(b"[") or answer.lstrip().startswith(b"{")):

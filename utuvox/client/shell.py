@@ -28,6 +28,8 @@ import trio
 from utuvox.protocol import Event, ProtocolError, Reply, Request, text_codec, utc_now
 from utuvox.protocol import core as p
 from utuvox.protocol import files as f
+from utuvox.protocol.safe_text import clean
+from utuvox.protocol.units import byte_size
 
 from .client import Client
 from .errors import UtuVoxError
@@ -177,7 +179,7 @@ class Shell:
             # The sender sees what was sent, as the receiver does.
             self._learn(reply)
             return self._stamp([(utc_now(), f"[private to {request.to}] {self.client.user}: "
-                                            f"{text_codec.clean(request.text)}")])
+                                            f"{clean(request.text)}")])
         lines = self._render(reply, request)
         if isinstance(request, p.Help):
             lines += self._client_help()
@@ -251,7 +253,7 @@ class Shell:
         except OSError as exc:
             return self.error(f"Cannot read {path}: {exc.strerror or exc}")
         self.known_files.add(done.name)
-        return self.info(f"File '{done.original}' ({text_codec.size(path.stat().st_size)}) uploaded to room "
+        return self.info(f"File '{done.original}' ({byte_size(path.stat().st_size)}) uploaded to room "
                          f"'{done.room}' as '{done.name}'.")
 
     async def _download(self, rest: str) -> list[str]:
@@ -263,7 +265,7 @@ class Shell:
             path = await self.client.download(name, self.downloads, progress)
         except OSError as exc:
             return self.error(f"Cannot write into {self.downloads}: {exc.strerror or exc}")
-        return self.info(f"File '{name}' ({text_codec.size(path.stat().st_size)}) downloaded to {path}.")
+        return self.info(f"File '{name}' ({byte_size(path.stat().st_size)}) downloaded to {path}.")
 
     # --- lines out ------------------------------------------------------------------------------
 
@@ -280,15 +282,13 @@ class Shell:
         return out
 
     def info(self, text: str) -> list[str]:
-        return self._stamp([(utc_now(), text_codec.clean(text))])
+        return self._stamp([(utc_now(), clean(text))])
 
     def error(self, text: str) -> list[str]:
         return self._render(p.Error(code="client", message=text), None)
 
     def _render(self, frame: Reply | Event, request: Request | None) -> list[str]:
         self._learn(frame)
-        if isinstance(frame, f.FileList) and f.FileList not in text_codec.REPLY_RENDERERS:
-            return self._file_list(frame)
         return self._stamp(text_codec.render_lines(frame, request=request, current_room=self.client.current_room))
 
     def render_event(self, event: Any) -> list[str]:
@@ -306,15 +306,6 @@ class Shell:
             who = f" as {self.client.user}" if self.client.user else ""
             return self.info(f"Reconnected{who}{where}.")
         return []  # "closed": the server's goodbye, or the error that ended the client, says why
-
-    def _file_list(self, reply: f.FileList) -> list[str]:
-        if not reply.files:
-            return self.info(f"No files in room '{reply.room}'.")
-        lines = self.info(f"Files in room '{reply.room}':")
-        for item in reply.files:
-            lines += self.info(f"{item.name} ({text_codec.clean(item.original)}, {text_codec.size(item.size)}, "
-                               f"by {item.uploader})")
-        return lines
 
     # --- completion -----------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from utuvox.protocol.text_codec import size
+from utuvox.protocol.safe_text import clean
+from utuvox.protocol.units import byte_size as size
 
 from .client import Client, connect
 from .errors import UtuVoxError
@@ -273,7 +274,7 @@ async def run(url: str, *, downloads: Path = Path("downloads"), ca: Path | None 
         if found is not None:
             print(f"utuvox: {found}", file=sys.stderr)
             return EXIT_URL
-        print(f"utuvox: cannot connect to {address}: {_reason(exc)}", file=sys.stderr)
+        print(f"utuvox: cannot connect to {address}: {clean(_reason(exc))}", file=sys.stderr)
         return EXIT_REFUSED
     # Cancelled: while the connection was slow in coming, the watcher found that this is the wrong port.
     print(f"utuvox: {mistake[0]}", file=sys.stderr)

@@ -39,7 +39,9 @@ def _request_id(data: bytes | str) -> int | str | None:
 
 def _explain(exc: ValidationError) -> tuple[Code, str]:
     errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0] if errors else {"type": "", "msg": "invalid", "loc": ()}
+    if not errors:  # pydantic always names what it refused; this is only a guard
+        return Code.BAD_REQUEST, "Invalid frame."
+    first = errors[0]
     kind = first["type"]
     if kind in ("json_invalid", "json_type", "model_attributes_type", "model_type") or (
         kind == "dict_type" and not first["loc"]

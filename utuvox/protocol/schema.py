@@ -37,14 +37,16 @@ def _type_name(model: type[Any]) -> str:
     return model.model_fields["type"].default
 
 
+SERVER_TYPES: list[type[Reply] | type[Event]] = [*REPLY_TYPES, *EVENT_TYPES]
+
 ClientFrame = _union(REQUEST_TYPES)
-ServerFrame = _union([*REPLY_TYPES, *EVENT_TYPES])
+ServerFrame = _union(SERVER_TYPES)
 
 CLIENT_FRAME: TypeAdapter[Request] = TypeAdapter(ClientFrame)
 SERVER_FRAME: TypeAdapter[Reply | Event] = TypeAdapter(ServerFrame)
 
 REQUESTS_BY_TYPE: dict[str, type[Request]] = {_type_name(m): m for m in REQUEST_TYPES}
-SERVER_BY_TYPE: dict[str, type[Reply | Event]] = {_type_name(m): m for m in [*REPLY_TYPES, *EVENT_TYPES]}
+SERVER_BY_TYPE: dict[str, type[Reply] | type[Event]] = {_type_name(m): m for m in SERVER_TYPES}
 
 
 def json_schema(*, server: bool = False) -> dict[str, Any]:

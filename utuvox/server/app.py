@@ -36,6 +36,7 @@ from utuvox.store import SqliteStore, Store
 from . import websocket
 from .admin_socket import peer_credentials, serve_admin_socket
 from .connection import LineConnection, WebSocketConnection
+from .irc.client import IrcClient
 from .irc.outbox import irc_frame_binary, irc_frame_text
 from .irc.registry import IrcRegistry
 from .keepalive import Watchdog, tune_socket
@@ -114,7 +115,8 @@ class Server:
         self.tcp_port = 0
         self.ws_port = 0
         self.irc_port = 0
-        self.irc = IrcRegistry(guests=settings.irc_guests, register_before_connect=settings.irc_register_before_connect)
+        self.irc: IrcRegistry[IrcClient] = IrcRegistry(guests=settings.irc_guests,
+                                                       register_before_connect=settings.irc_register_before_connect)
         irc_render.configure(settings.irc_server_name)
         self.chat: Chat | None = None
         self.files: FileService | None = None

@@ -226,8 +226,11 @@ class Outbox:
     def _put(self, item: bytes | Wire | _Framed) -> None:
         if self.closing:
             return
+        self._put_sized(item, len(item) if item.__class__ is bytes else self._size(item))  # type: ignore[arg-type]
+
+    def _put_sized(self, item: bytes | Wire | _Framed, size: int) -> None:
+        """Queue ``item``, counted as ``size`` bytes against the cap (the outbox is open)."""
         queue = self._queue
-        size = len(item) if item.__class__ is bytes else self._size(item)  # type: ignore[arg-type]
         queued = self._queued_bytes + size
         if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
             self._overflow(size)
@@ -280,7 +283,7 @@ class Outbox:
 
     def _size(self, item: Wire | _Framed) -> int:
         if item.__class__ is _Framed:
-            return len(item.data)  # type: ignore[union-attr]
+            return len(item.data)
         return len(item.json) if self.codec == "json" else len(item.text(self._current_room()))  # type: ignore
 
     @property

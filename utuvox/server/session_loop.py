@@ -22,6 +22,7 @@ from utuvox.protocol import Code, ProtocolError, Reply, Request, json_codec, tex
 from utuvox.protocol.core import Error, Notice
 
 from .connection import Connection
+from .irc.client import IrcClient
 from .irc.loop import irc_read_loop
 from .irc.outbox import IrcOutbox
 from .irc.registry import IrcRegistry
@@ -38,7 +39,7 @@ WELCOME = ("Welcome to UtuVox! /register <username> <password> to sign up, /logi
 
 async def run_session(chat: Chat, conn: Connection, codec: Codec, *, queue_limit: int, flusher: Flusher,
                       operator: str | None = None, watchdog: Watchdog | None = None,
-                      irc: IrcRegistry | None = None, queue_bytes: int = 8 * 1024 * 1024) -> None:
+                      irc: IrcRegistry[IrcClient] | None = None, queue_bytes: int = 8 * 1024 * 1024) -> None:
     outbox = (IrcOutbox if codec == "irc" else Outbox)(conn, codec, queue_limit, flusher, max_bytes=queue_bytes)
     session = Session(peer=outbox, transport=conn.transport, address=conn.address, operator=operator)
     outbox.session = session

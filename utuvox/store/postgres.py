@@ -121,7 +121,7 @@ class PostgresStore(SqlStore[Conn]):
         for target in range(version + 1, PG_SCHEMA_VERSION + 1):
             with conn.transaction():
                 for statement in PG_MIGRATIONS[target]:
-                    conn.execute(statement)  # type: ignore[arg-type]
+                    conn.execute(statement)
                 conn.execute("INSERT INTO schema_version(version) VALUES (%s)", (target,))
             log.info("PostgreSQL schema migrated to version %d", target)
 
@@ -238,7 +238,7 @@ class PostgresStore(SqlStore[Conn]):
         numbered, stored and counted by one statement, then committed; two round trips in all, so the
         writer thread waits for the event loop's lock on the interpreter twice, not six times."""
         rows = [item.row for item in batch]
-        columns = list(zip(*rows, strict=True))  # type: ignore[misc]
+        columns = list(zip(*rows, strict=True))
         numbered = conn.execute(NUMBER_AND_STORE, {
             "rooms": list(columns[0]), "ts": list(columns[2]), "types": list(columns[3]),
             "users": list(columns[4]), "bodies": list(columns[5]), "versions": list(columns[6]),

@@ -6,7 +6,7 @@ import trio
 
 from utuvox.protocol import Reply
 from utuvox.protocol import core as p
-from utuvox.protocol.text_codec import COMMANDS
+from utuvox.protocol.text_commands import COMMANDS
 
 from ..elsewhere import SingleNode
 from ..service import Call

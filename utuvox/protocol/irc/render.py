@@ -90,7 +90,7 @@ def _text_lines(command: str, target: str, text: str, source: str, tags: dict[st
     data = text.encode()
     if len(data) <= room or room < 16:
         return format_line(command, target, text, source=source, tags=tags)
-    lines = []
+    lines: list[str] = []
     rest_tags = {k: v for k, v in tags.items() if k != "msgid"}
     while data:
         cut = min(room, len(data))

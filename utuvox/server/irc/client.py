@@ -18,8 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import trio
-
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session, let_others_in
 from utuvox.protocol import ProtocolError, Reply, Request
@@ -34,6 +32,7 @@ from utuvox.protocol.names import is_valid_name
 from .caps import CAPS, FLAG_OF, cap_ls_lines
 from .outbox import IrcOutbox
 from .registry import IrcRegistry
+from .targets import room_of
 
 log = logging.getLogger("utuvox.irc")
 
@@ -54,16 +53,8 @@ def valid_nick(nick: str) -> bool:
         and "." not in nick
 
 
-def room_of(target: str) -> str | None:
-    """The room name of ``#name``; None if it is not a channel or not a name UtuVox allows."""
-    if not target.startswith("#"):
-        return None
-    name = target[1:]
-    return name if is_valid_name(name) else None
-
-
 class IrcClient:
-    def __init__(self, chat: Chat, session: Session, outbox: IrcOutbox, registry: IrcRegistry) -> None:
+    def __init__(self, chat: Chat, session: Session, outbox: IrcOutbox, registry: IrcRegistry[IrcClient]) -> None:
         self.chat = chat
         self.session = session
         self.outbox = outbox
@@ -98,7 +89,8 @@ class IrcClient:
 
     @property
     def source(self) -> str:
-        return render.prefix(self.me, self.session.ident)
+        # Before registration ends (a 900 after SASL) the ident is the one USER gave, if it came.
+        return render.prefix(self.me, self.session.ident or (f"~{self.ident}" if self.ident else None))
 
     def has(self, cap: str) -> bool:
         return cap in self.caps
@@ -463,9 +455,18 @@ class IrcClient:
         self.motd()
 
     async def cmd_ping(self, line: Line) -> None:
+        """A PONG follows the commits of the messages sent before its PING (clients sync on it). While
+        those commit, the lines behind the PING are read on: a bot pipelining messages and PINGs is
+        not held up at each PING. With a label, or private messages on their way in, it waits here."""
         if not line.params:
             self.num(n.ERR_NEEDMOREPARAMS, "PING", "Not enough parameters")
             return
+        session = self.session
+        if session.unacked and self.label is None and not session.incoming:
+            token = line.params[0]
+            session.after_writes(lambda: self.send("PONG", render.SERVER_NAME, token))
+            return
+        await session.catch_up()
         await let_others_in()
         self.send("PONG", render.SERVER_NAME, line.params[0])
 
@@ -605,10 +606,7 @@ class IrcClient:
                 except ProtocolError as exc:
                     if exc.code != Code.ROOM_EXISTS:
                         raise
-                    # Created by someone else this instant: the room appears once their request resumes.
-                    with trio.move_on_after(2):
-                        while not self.chat.has_room(name):
-                            await trio.sleep(0.005)
+                    # Created by someone else this instant (the chat answers once it exists): join it.
                     joined = await self.request(p.Join(room=name))
         except ProtocolError as exc:
             if exc.code in (Code.LIMIT_REACHED, Code.RATE_LIMITED):
@@ -785,7 +783,8 @@ class IrcClient:
         chan = render.channel(room.name)
         if not args:
             self.num(n.RPL_CHANNELMODEIS, chan, CHANNEL_MODES)
-            self.num(n.RPL_CREATIONTIME, chan, str(int(self.created.timestamp())))
+            # Rooms do not record when they were made: the server's start is the same for every reader.
+            self.num(n.RPL_CREATIONTIME, chan, str(int(self.chat.started_at.timestamp())))
             return
         spec = args[0]
         if spec.lstrip("+") in ("b", "e", "I") and len(args) == 1:
@@ -854,15 +853,17 @@ class IrcClient:
 
     async def to_nick(self, target: str, text: str, notice: bool, line: Line) -> None:
         session = self.find(target)
-        if session is None or session.user is None:
+        # On another node of a cluster, people are known by their account names.
+        remote = session is None and bool(self.chat.elsewhere.sessions_of(target.lower()))
+        if not remote and (session is None or session.user is None):
             if not notice:
                 self.num(n.ERR_NOSUCHNICK, target[:64], "No such nick/channel")
             return
-        other = self.registry.of(session)
+        to = session.user.name if session is not None and session.user is not None else target
+        other = self.registry.of(session) if session is not None else None
         self.outbox.own_private = None
         try:
-            await self.request(p.Msg(to=session.user.name, text=text, notice=notice or None,
-                                          tags=client_tags(line)))
+            await self.request(p.Msg(to=to, text=text, notice=notice or None, tags=client_tags(line)))
         except ProtocolError as exc:
             if not notice:
                 if exc.code in (Code.NO_SUCH_USER, Code.USER_OFFLINE):
@@ -874,19 +875,22 @@ class IrcClient:
             return
         own, self.outbox.own_private = self.outbox.own_private, None
         if self.has("echo-message") and own is not None:
-            self.send_raw(render.event_line(own.event, self.outbox.flags, self.source, to=self.nick_of(session)))
-        if not notice and other is not None and other.away is not None:
+            shown = self.nick_of(session) if session is not None else own.event.to
+            self.send_raw(render.event_line(own.event, self.outbox.flags, self.source, to=shown))
+        if not notice and other is not None and other.away is not None and session is not None:
             self.num(n.RPL_AWAY, self.nick_of(session), other.away)
 
     # --- queries --------------------------------------------------------------------------------
 
     async def cmd_who(self, line: Line) -> None:
         mask = line.param(0, "*") or "*"
+        whox = parse_whox(line.param(1)) if len(line.params) > 1 else None
         name = room_of(mask)
         if name is not None and self.chat.has_room(name):
             room = self.chat.room(name)
+            chan = render.channel(room.name)
             for s in self.members(room.name):
-                self.who_reply(render.channel(room.name), s)
+                self.who_reply(chan, s, whox)
         elif not mask.startswith("#"):
             pattern = mask.lower()
             mine = set(self.session.rooms)
@@ -902,17 +906,35 @@ class IrcClient:
                 ident, realname, _away = self.client_info(s)
                 if any(fnmatch.fnmatchcase(field.lower(), pattern) for field in (nick, ident, realname)):
                     seen.add(nick.lower())
-                    self.who_reply("*", s)
+                    self.who_reply("*", s, whox)
         self.num(n.RPL_ENDOFWHO, mask, "End of WHO list")
 
-    def who_reply(self, chan: str, session: Session) -> None:
+    def who_reply(self, chan: str, session: Session, whox: tuple[str, str] | None = None) -> None:
+        """A 352 line, or with WHOX (``whox`` is the fields asked for and the token) a 354 line."""
         ident, realname, away = self.client_info(session)
         user = session.user
         flags = ("G" if away else "H") + ("*" if user is not None and user.is_admin else "") + \
             ("B" if user is not None and user.is_bot else "")
         if chan != "*" and self.is_op(session, chan[1:]):
             flags += "@"
-        self.num(n.RPL_WHOREPLY, chan, ident, render.HOST, "*", self.nick_of(session), flags, f"0 {realname}")
+        nick = self.nick_of(session)
+        if whox is None:
+            self.num(n.RPL_WHOREPLY, chan, ident, render.HOST, "*", nick, flags, f"0 {realname}")
+            return
+        fields, token = whox
+        other = self.registry.of(session)
+        idle = int((datetime.now(UTC) - other.last_active).total_seconds()) if other is not None else 0
+        values = {
+            "t": token, "c": chan, "u": ident,
+            "i": "255.255.255.255",  # addresses are never shown (every host is the server's)
+            "h": render.HOST, "s": render.SERVER_NAME, "n": nick, "f": flags, "d": "0", "l": str(max(idle, 0)),
+            "a": user.name if user is not None and not user.guest else "0",
+            "o": "n/a", "r": realname,
+        }
+        # The order of the reply is the specification's, whatever the order asked for.
+        params = [values[c] for c in WHOX_FIELDS if c in fields]
+        if params:
+            self.num(n.RPL_WHOSPCRPL, *params)
 
     async def cmd_whois(self, line: Line) -> None:
         if not self.need(line, 1):
@@ -1111,6 +1133,21 @@ class IrcClient:
             self.num(n.RPL_ISUPPORT, *tokens[i:i + 12], "are supported by this server")
 
 
+WHOX_FIELDS = "tcuihsnfdlaor"
+
+
+def parse_whox(arg: str) -> tuple[str, str] | None:
+    """The fields and the token of a WHOX request (``[flags]%fields[,token]``); None for a plain WHO."""
+    _flags, percent, rest = arg.partition("%")
+    if not percent:
+        return None
+    fields, _, token = rest.partition(",")
+    fields = "".join(c for c in fields if c in WHOX_FIELDS)
+    if "t" in fields and not (token.isdigit() and len(token) <= 3):
+        token = token[:3] if token[:3].isdigit() else "0"  # the token is at most three digits
+    return fields, token
+
+
 def client_tags(line: Line) -> dict[str, str] | None:
     tags = {k: v for k, v in line.tags.items() if k.startswith("+") and len(k) > 1}
     return tags or None
@@ -1121,7 +1158,7 @@ def isupport_tokens(chat: Chat) -> list[str]:
             "CHANNELLEN=33", "CHANTYPES=#", "CHATHISTORY=100", "MSGREFTYPES=msgid,timestamp", "KICKLEN=200",
             f"MAXTARGETS={MAX_TARGETS}", "MODES=4", "NETWORK=UtuVox", f"NICKLEN={NICKLEN}", "PREFIX=(ov)@+",
             f"TARGMAX=PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},JOIN:,PART:,NAMES:1,WHOIS:1",
-            "TOPICLEN=390", "USERLEN=10", "UTF8ONLY"]
+            "TOPICLEN=390", "USERLEN=10", "UTF8ONLY", "WHOX"]
 
 
 def _tag(line: str, tags: dict[str, str]) -> str:

@@ -9,17 +9,42 @@ first after it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from utuvox.chat.session import Identity
+from utuvox.chat.service import Chat
+from utuvox.chat.session import Identity, Session
 from utuvox.protocol import core as p
 from utuvox.protocol.irc import render
 from utuvox.protocol.irc.lines import Line
 
-from .client import room_of
+from .outbox import IrcOutbox
+from .targets import room_of
 
-if TYPE_CHECKING:
-    from .client import IrcClient
+
+class IrcClient(Protocol):
+    """What CHATHISTORY needs of the IRC connection it answers (:class:`~utuvox.server.irc.client.IrcClient`)."""
+
+    chat: Chat
+    session: Session
+    outbox: IrcOutbox
+
+    @property
+    def me(self) -> str: ...
+
+    def has(self, cap: str) -> bool: ...
+
+    def send(self, command: str, *params: str, source: str | None = "", tags: dict[str, str] | None = None) -> None:
+        ...
+
+    def send_raw(self, line: str) -> None: ...
+
+    def fail(self, command: str, code: str, *context: str) -> None: ...
+
+    def new_batch_id(self) -> str: ...
+
+    def nick_of(self, session: Session) -> str: ...
+
+    def find(self, nick: str) -> Session | None: ...
 
 MAX_LIMIT = 100
 MESSAGES = (p.MessageEvent, p.PrivateMessage, p.FileEvent)

@@ -21,7 +21,7 @@ log = logging.getLogger("utuvox.irc")
 
 
 async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: IrcOutbox,
-                        limiter: SessionLimiter | None, registry: IrcRegistry) -> None:
+                        limiter: SessionLimiter | None, registry: IrcRegistry[IrcClient]) -> None:
     client = IrcClient(chat, session, outbox, registry)
     requests = limiter.requests if limiter is not None else None
     try:
@@ -81,6 +81,8 @@ def _fits(client: IrcClient, text: str) -> bool:
 
 
 def _pipelined(command: str, targets: str) -> bool:
-    """Messages to rooms are committed as a group, as JSON ``message`` requests are; any other line waits
-    for them (a PING is answered after the messages sent before it are stored)."""
+    """Messages to rooms are committed as a group, as JSON ``message`` requests are; any other line but a
+    PING waits for them (a PING is answered after the messages sent before it are stored: cmd_ping)."""
+    if command == "PING":
+        return True  # it waits for what came before it itself, without holding up the lines behind it
     return command in ("PRIVMSG", "NOTICE") and bool(targets) and all(t.startswith("#") for t in targets.split(","))

@@ -50,22 +50,11 @@ class IrcOutbox(Outbox):
                 return
             if cls is p.TopicEvent:
                 return  # the IRC state answers its own TOPIC
-        # Outbox.deliver, unrolled: once per member per event. The bytes are counted at the event's JSON
-        # size, known already: the IRC line is rendered later, once per set of capabilities, and is about
-        # as long (the tags of server-time and msgid against the JSON's field names).
-        if self.closing:
-            return
-        queue = self._queue
-        size = len(wire.json)
-        queued = self._queued_bytes + size
-        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
-            self._overflow(size)
-            return
-        queue.append(wire)
-        self._queued_bytes = queued
-        if not self._marked and self.state is _OPEN:
-            self._marked = True
-            self.flusher.mark(self)
+        # The bytes are counted at the event's JSON size, known already: the IRC line is rendered later,
+        # once per set of capabilities, and is about as long (the tags of server-time and msgid against the
+        # JSON's field names).
+        if not self.closing:
+            self._put_sized(wire, len(wire.json))
 
     def acknowledge(self, request: Request, room: str, seq: int) -> None:
         label = self.labels.pop(id(request), None) if self.labels else None
@@ -120,14 +109,14 @@ class IrcOutbox(Outbox):
                     out.append(data if data is not None else item.irc(flags))  # type: ignore[union-attr]
                 elif event.__class__ in (p.PrivateMessage, p.RoomDeleted, p.Notice):
                     if event.__class__ is p.RoomDeleted:
-                        out.append(format_line("PART", render.channel(event.room), "Room deleted",  # type: ignore
+                        out.append(format_line("PART", render.channel(event.room), "Room deleted",
                                                source=self._source()).encode())
                     out.append(self._render(event))
-                elif event.__class__ is p.LeaveEvent and event.quit:  # type: ignore[union-attr]
+                elif event.__class__ is p.LeaveEvent and event.quit:
                     # One QUIT per person, however many rooms this reader shares with them.
                     quits = self._quits if self._quits is not None else {}
                     self._quits = quits
-                    who = event.nick or event.user  # type: ignore[union-attr]
+                    who = event.nick or event.user
                     if who in quits:
                         continue
                     quits[who] = None
@@ -136,7 +125,7 @@ class IrcOutbox(Outbox):
                     out.append(item.irc(flags))  # type: ignore[union-attr]
                 else:
                     if event.__class__ is p.JoinEvent and self._quits:
-                        self._quits.pop(event.nick or event.user, None)  # type: ignore[union-attr]
+                        self._quits.pop(event.nick or event.user, None)
                     out.append(item.irc(flags))  # type: ignore[union-attr]
             elif cls is bytes:
                 out.append(item)  # type: ignore[arg-type]

@@ -9,16 +9,32 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from utuvox.chat.session import Session
 
-if TYPE_CHECKING:
-    from .client import IrcClient
+
+class Registrant(Protocol):
+    """What the registry reads of an IRC connection (:class:`~utuvox.server.irc.client.IrcClient`)."""
+
+    @property
+    def session(self) -> Session: ...
+
+    @property
+    def nick(self) -> str | None: ...
+
+    @property
+    def registered(self) -> bool: ...
+
+    @property
+    def realname(self) -> str: ...
+
+
+IrcClient = TypeVar("IrcClient", bound=Registrant)
 
 
 @dataclass
-class IrcRegistry:
+class IrcRegistry(Generic[IrcClient]):
     guests: bool = True  # connections that give a nick only may use the server
     register_before_connect: bool = True  # REGISTER allowed before the connection is registered
     max_users: int = 0  # the most people seen online at once (LUSERS)

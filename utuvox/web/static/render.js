@@ -64,16 +64,17 @@ export function timeNode(iso) {
     (sameDay ? timeOnly : dayAndTime).format(when));
 }
 
+// The rule of the server's byte_size (utuvox/protocol/units.py), so a size reads the same in every client.
 export function formatSize(bytes) {
   if (bytes < 1024) return `${bytes} B`;
-  const units = ["KB", "MB", "GB", "TB"];
+  const units = ["KiB", "MiB", "GiB"];
   let value = bytes / 1024;
   let unit = 0;
   while (value >= 1024 && unit < units.length - 1) {
     value /= 1024;
     unit++;
   }
-  return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+  return `${value.toFixed(1)} ${units[unit]}`;
 }
 
 /**
