@@ -417,7 +417,8 @@ async def test_a_pong_follows_the_messages_before_its_ping_and_precedes_those_af
         # A pipelining bot: messages, a PING, more messages, another PING, all in one write.
         before = [f"PRIVMSG #lobby :before {i}" for i in range(50)]
         after = [f"PRIVMSG #lobby :after {i}" for i in range(50)]
-        await bot.send(*before, "PING :middle", *after, "PING :end")
+        # A line refused at once (no such channel) is answered in its place too, not ahead of the others.
+        await bot.send(*before, "PING :middle", "PRIVMSG #nowhere :lost", *after, "PING :end")
         seen: list[str] = []
         while not seen or "end" not in seen[-1]:
             text = await bot.line()
@@ -425,8 +426,10 @@ async def test_a_pong_follows_the_messages_before_its_ping_and_precedes_those_af
                 seen.append(text.rsplit(":", 1)[1])
             elif " PONG " in text:
                 seen.append("PONG " + text.rsplit(" ", 1)[1].lstrip(":"))
+            elif " 403 " in text:
+                seen.append("403")
         expected = [f"before {i}" for i in range(50)] + ["PONG middle"] + [f"after {i}" for i in range(50)]
-        assert seen == [*expected, "PONG end"]
+        assert seen == [*expected[:51], "403", *expected[51:], "PONG end"]
         # Everything the PONGs vouched for is stored, in that order.
         page = await json.request("history", room="lobby", limit=200)
         texts = [e["text"] for e in page["events"] if e["type"] == "message"]

@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 
 from utuvox.chat.service import Chat
 from utuvox.chat.session import Session, let_others_in
@@ -119,11 +120,12 @@ class IrcClient:
     def new_batch_id(self) -> str:
         return secrets.token_hex(4)
 
-    def _flush_labeled(self) -> None:
+    def _flush_labeled(self, lines: list[str] | None = None, label: str | None = None) -> None:
         """Send what a labeled command produced: one line carries the label, several go in a batch,
-        none get an ACK."""
-        lines, self._captured = self._captured or [], None
-        label, self.label = self.label, None
+        none get an ACK. (Without arguments: what the command being handled produced.)"""
+        if lines is None:
+            lines, self._captured = self._captured or [], None
+            label, self.label = self.label, None
         if label is None:
             for line in lines:
                 self.outbox.send_line(line)
@@ -145,17 +147,29 @@ class IrcClient:
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    async def handle(self, line: Line) -> None:
+    async def handle(self, line: Line, *, pipelined: bool = False) -> None:
+        """Carry out one line. A ``pipelined`` line (a message to channels) is read while the session's
+        earlier messages commit: what it answers at once (an error numeric) then waits for them, so it
+        cannot overtake their echoes or a PONG."""
         command = line.command
         if self.has("labeled-response") and "label" in line.tags:
             self.label = line.tags["label"][:64]
+            self._captured = []
+        hold = pipelined and self.session.unacked > 0
+        if hold and self._captured is None:
             self._captured = []
         try:
             await self._dispatch(command, line)
         except ProtocolError as exc:
             self.error(command, exc)
         finally:
-            self._flush_labeled()
+            if hold:
+                lines, self._captured = self._captured or [], None
+                label, self.label = self.label, None
+                if lines or label is not None:
+                    self.session.after_writes(partial(self._flush_labeled, lines, label))
+            else:
+                self._flush_labeled()
 
     async def _dispatch(self, command: str, line: Line) -> None:
         handler = COMMANDS.get(command)
@@ -463,8 +477,9 @@ class IrcClient:
             return
         session = self.session
         if session.unacked and self.label is None and not session.incoming:
-            token = line.params[0]
-            session.after_writes(lambda: self.send("PONG", render.SERVER_NAME, token))
+            # Straight to the outbox when due: by then another line may be being handled and captured.
+            pong = format_line("PONG", render.SERVER_NAME, line.params[0], source=render.SERVER_NAME)
+            session.after_writes(partial(self.outbox.send_line, pong))
             return
         await session.catch_up()
         await let_others_in()

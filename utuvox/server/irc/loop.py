@@ -55,10 +55,11 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
                 line = parse(text)
             except LineError:
                 continue
-            if not _pipelined(line.command, line.param(0)):
+            pipelined = _pipelined(line.command, line.param(0))
+            if not pipelined:
                 await session.catch_up()
             try:
-                await client.handle(line)
+                await client.handle(line, pipelined=pipelined)
             except Exception:
                 log.exception("internal error handling IRC %s", line.command)
                 client.send("NOTICE", client.me, f"{line.command}: internal server error")
