@@ -24,7 +24,8 @@ class Origin(Protocol):
 
 
 class Wire:
-    __slots__ = ("_framed", "_irc", "_text_here", "_text_there", "event", "json", "origin", "room")
+    __slots__ = ("_framed", "_irc", "_text_here", "_text_there", "event", "irc_data", "irc_flags", "json", "origin",
+                 "room")
 
     def __init__(self, event: Event, origin: Origin | None = None) -> None:
         self.event = event
@@ -32,6 +33,8 @@ class Wire:
         # asked for echo-message, and names the sender as that session does (nick!ident@host).
         self.origin = origin
         self._irc: dict[int, bytes] | None = None
+        self.irc_flags = -1
+        self.irc_data = b""
         self.room: str | None = getattr(event, "room", None)
         self.json: bytes = json_codec.encode(event)  # one line, newline included
         self._text_here: bytes | None = None
@@ -45,6 +48,8 @@ class Wire:
         wire.event = event
         wire.origin = origin
         wire._irc = None
+        wire.irc_flags = -1
+        wire.irc_data = b""
         wire.room = getattr(event, "room", None)
         wire.json = json
         wire._text_here = wire._text_there = None
@@ -72,6 +77,10 @@ class Wire:
                 source = irc_render.prefix(origin.nick, origin.ident)
                 realname = origin.realname
             data = cache[flags] = irc_render.event(self.event, flags, source, realname=realname)
+            if self.irc_flags < 0 and self.event.__class__ is MessageEvent:
+                # The first rendering of a room message, kept where an IRC outbox takes it in one
+                # comprehension (readers mostly share one set of capabilities).
+                self.irc_flags, self.irc_data = flags, data
         return data
 
     def text(self, current_room: str | None) -> bytes:

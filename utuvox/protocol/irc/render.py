@@ -53,7 +53,10 @@ def parse_msgid(value: str) -> tuple[str | None, int] | None:
 
 
 def server_time(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    """``YYYY-MM-DDThh:mm:ss.sssZ`` (milliseconds cut, not rounded, as the stored time is shown elsewhere)."""
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return ts.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def prefix(nick: str, ident: str | None = None) -> str:
@@ -66,6 +69,8 @@ def event_prefix(event: core.RoomEvent | core.PrivateMessage | core.TopicEvent) 
 
 def tags_for(event: Event, flags: int, mid: str | None = None) -> dict[str, str]:
     tags: dict[str, str] = {}
+    if not flags:
+        return tags
     if flags & SERVER_TIME:
         tags["time"] = server_time(event.ts)
     if flags & MESSAGE_TAGS:
@@ -86,9 +91,13 @@ def tags_for(event: Event, flags: int, mid: str | None = None) -> dict[str, str]
 def _text_lines(command: str, target: str, text: str, source: str, tags: dict[str, str]) -> str:
     """A message as IRC lines of at most 512 bytes: a long one (from another transport, where messages
     may be 4000 characters) is split at character boundaries; the first line carries the msgid."""
-    room = MAX_LINE - len(f":{source} {command} {target} :".encode()) - 2
+    room = MAX_LINE - len(source.encode()) - len(command) - len(target.encode()) - 7
     data = text.encode()
     if len(data) <= room or room < 16:
+        if not tags:  # the common line, made without format_line's general case
+            if not text or text[0] == ":" or " " in text:
+                return f":{source} {command} {target} :{text}\r\n"
+            return f":{source} {command} {target} {text}\r\n"
         return format_line(command, target, text, source=source, tags=tags)
     lines: list[str] = []
     rest_tags = {k: v for k, v in tags.items() if k != "msgid"}
@@ -111,10 +120,11 @@ def event(ev: Event, flags: int, source: str | None = None, *, to: str | None = 
 def event_line(ev: Event, flags: int, source: str | None = None, *, to: str | None = None,
                extra: dict[str, str] | None = None, realname: str | None = None) -> str:
     if isinstance(ev, core.MessageEvent):
-        tags = tags_for(ev, flags, msgid(ev.room, ev.seq))
+        tags = tags_for(ev, flags, msgid(ev.room, ev.seq) if flags & MESSAGE_TAGS else None)
+        if extra:
+            tags.update(extra)
         command = "NOTICE" if ev.notice else "PRIVMSG"
-        return _text_lines(command, channel(ev.room), clean(ev.text), source or event_prefix(ev),
-                           {**tags, **(extra or {})})
+        return _text_lines(command, channel(ev.room), clean(ev.text), source or event_prefix(ev), tags)
     if isinstance(ev, core.JoinEvent):
         src = source or event_prefix(ev)
         tags = tags_for(ev, flags, msgid(ev.room, ev.seq))

@@ -74,8 +74,9 @@ class IrcClient:
         self.away: str | None = None
         self.invisible = False
         self.oper = False
-        self.created = datetime.now(UTC)
-        self.last_active = self.created
+        # When the client last did something (WHOX idle time): wall seconds, as a float because every
+        # line sets it and a datetime costs more than the rest of reading the line.
+        self.last_active = time.time()
         # Labeled-response: the label of the command being handled and the lines it has produced.
         self.label: str | None = None
         self._captured: list[str] | None = None
@@ -116,6 +117,19 @@ class IrcClient:
 
     def fail(self, command: str, code: str, *context: str) -> None:
         self.send("FAIL", command, code, *context)
+
+    def in_turn(self, reply: Callable[[], None]) -> None:
+        """Send the lines ``reply`` makes once the session's earlier messages are answered: what the read
+        loop says of a line itself (too long, not UTF-8, over the rate) must not overtake their echoes."""
+        if not self.session.unacked:
+            reply()
+            return
+        self._captured = []
+        try:
+            reply()
+        finally:
+            lines, self._captured = self._captured, None
+        self.session.after_writes(partial(self._flush_labeled, lines, None))
 
     def new_batch_id(self) -> str:
         return secrets.token_hex(4)
@@ -183,7 +197,7 @@ class IrcClient:
             self.num(n.ERR_NOTREGISTERED, "You have not registered")
             return
         if command not in ("PING", "PONG"):
-            self.last_active = datetime.now(UTC)
+            self.last_active = time.time()
         await handler(self, line)
 
     async def request(self, request: Request) -> Reply | None:
@@ -831,9 +845,11 @@ class IrcClient:
                 self.num(n.ERR_NOTEXTTOSEND, "No text to send")
             return
         text = line.params[1]
+        # What cannot be relayed in one line (":source COMMAND target :text" and CR LF), with this sender's
+        # prefix, is refused rather than cut.
+        fixed = len(self.source.encode()) + len(line.command) + len(text.encode()) + 6
         for target in line.params[0].split(",")[:MAX_TARGETS]:
-            # What cannot be relayed in one line, with this sender's prefix, is refused rather than cut.
-            if len(f":{self.source} {line.command} {target} :{text}".encode()) + 2 > MAX_LINE:
+            if fixed + len(target.encode()) > MAX_LINE:
                 self.num(n.ERR_INPUTTOOLONG, "Message too long to relay in one line")
                 continue
             if target.startswith("#"):
@@ -842,8 +858,8 @@ class IrcClient:
                 await self.to_nick(target, text, notice, line)
 
     async def to_room(self, target: str, text: str, notice: bool, line: Line) -> None:
-        name = room_of(target)
-        room = self.chat.room_here(name) if name else None
+        # Only valid names are rooms, so looking the name up is checking it too.
+        room = self.chat.room_here(target[1:])
         if room is None:
             if not notice:
                 self.num(n.ERR_NOSUCHCHANNEL, target[:64], "No such channel")
@@ -852,13 +868,21 @@ class IrcClient:
             if not notice:
                 self.num(n.ERR_CANNOTSENDTOCHAN, render.channel(room.name), "Cannot send to channel")
             return
-        request = p.Message(text=text, room=room.name, notice=notice or None, tags=client_tags(line))
+        # Only the fields that are set: validating a None costs as much as a value.
+        fields: dict[str, object] = {"text": text}
+        if room.name != self.session.current_room:  # else the request's room is the current one
+            fields["room"] = room.name
+        if notice:
+            fields["notice"] = True
+        if line.tags and (tags := client_tags(line)):
+            fields["tags"] = tags
+        request = p.Message.model_validate(fields)
         if self.label is not None:
             # The answer comes with the commit (IrcOutbox.acknowledge), not now.
             self.outbox.labels[id(request)] = self.label
             self.label = None
         try:
-            await self.request(request)
+            await self.chat.handle(self.session, request)
         except ProtocolError as exc:
             self.outbox.labels.pop(id(request), None)
             if exc.code == Code.TOO_LONG:
@@ -938,7 +962,7 @@ class IrcClient:
             return
         fields, token = whox
         other = self.registry.of(session)
-        idle = int((datetime.now(UTC) - other.last_active).total_seconds()) if other is not None else 0
+        idle = int(time.time() - other.last_active) if other is not None else 0
         values = {
             "t": token, "c": chan, "u": ident,
             "i": "255.255.255.255",  # addresses are never shown (every host is the server's)

@@ -4,6 +4,7 @@ parsed and handed to the connection's :class:`IrcClient`, one at a time and in o
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from utuvox.chat.limits import SessionLimiter
 from utuvox.chat.service import Chat
@@ -30,7 +31,7 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
             try:
                 frame = await conn.receive()
             except ProtocolError:
-                client.num(n.ERR_INPUTTOOLONG, "Input line too long")
+                client.in_turn(partial(client.num, n.ERR_INPUTTOOLONG, "Input line too long"))
                 continue
             if frame is None:
                 return
@@ -38,18 +39,18 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
             if wait:
                 assert limiter is not None
                 exc = chat.limits.refuse(session, limiter, chat.clock.now(), wait, "requests")
-                client.fail("*", "RATE_LIMITED", exc.message)
+                client.in_turn(partial(client.fail, "*", "RATE_LIMITED", exc.message))
+                continue
+            data = (frame if isinstance(frame, bytes) else frame.encode()).rstrip(b"\r")
+            if not data.strip():
+                continue
+            if not _fits(client, data):
                 continue
             try:
-                text = frame.decode() if isinstance(frame, bytes) else frame
+                text = data.decode()
             except UnicodeDecodeError:
                 # UTF8ONLY: a line that is not UTF-8 is refused, and the connection goes on.
-                client.fail("*", "INVALID_UTF8", "Message rejected: it is not UTF-8")
-                continue
-            text = text.rstrip("\r")
-            if not text.strip():
-                continue
-            if not _fits(client, text):
+                client.in_turn(partial(client.fail, "*", "INVALID_UTF8", "Message rejected: it is not UTF-8"))
                 continue
             try:
                 line = parse(text)
@@ -67,16 +68,16 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
         registry.remove(client)
 
 
-def _fits(client: IrcClient, text: str) -> bool:
+def _fits(client: IrcClient, data: bytes) -> bool:
     """512 bytes for the line without its tags (CR LF included), 8191 for the tags."""
-    body = text
-    if text.startswith("@"):
-        tags, _, body = text.partition(" ")
-        if len(tags.encode()) + 1 > MAX_CLIENT_TAGS + 2:  # '@' and the space included
-            client.num(n.ERR_INPUTTOOLONG, "Input line was too long")
+    body = data
+    if data[:1] == b"@":
+        tags, _, body = data.partition(b" ")
+        if len(tags) + 1 > MAX_CLIENT_TAGS + 2:  # '@' and the space included
+            client.in_turn(partial(client.num, n.ERR_INPUTTOOLONG, "Input line was too long"))
             return False
-    if len(body.encode()) + 2 > MAX_LINE:
-        client.num(n.ERR_INPUTTOOLONG, "Input line was too long")
+    if len(body) + 2 > MAX_LINE:
+        client.in_turn(partial(client.num, n.ERR_INPUTTOOLONG, "Input line was too long"))
         return False
     return True
 

@@ -53,8 +53,20 @@ class IrcOutbox(Outbox):
         # The bytes are counted at the event's JSON size, known already: the IRC line is rendered later,
         # once per set of capabilities, and is about as long (the tags of server-time and msgid against the
         # JSON's field names).
-        if not self.closing:
-            self._put_sized(wire, len(wire.json))
+        # (_put_sized, unrolled: once per member per event.)
+        if self.closing:
+            return
+        queue = self._queue
+        size = len(wire.json)
+        queued = self._queued_bytes + size
+        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
+            self._overflow(size)
+            return
+        queue.append(wire)
+        self._queued_bytes = queued
+        if not self._marked and self.state is _OPEN:
+            self._marked = True
+            self.flusher.mark(self)
 
     def acknowledge(self, request: Request, room: str, seq: int) -> None:
         label = self.labels.pop(id(request), None) if self.labels else None
@@ -96,50 +108,60 @@ class IrcOutbox(Outbox):
         queue, self._queue = self._queue, []
         self._queued_bytes = 0
         flags = self.flags
-        out: list[bytes] = []
+        wire = Wire
+        # The common case in one pass: room messages rendered already for these capabilities. The rest
+        # (None here) are rendered below, in place.
+        out: list[bytes | None] = [item.irc_data if item.__class__ is wire and item.irc_flags == flags
+                                   else None for item in queue]
         ready: set[int] = set()  # positions in out of frames ready to send as they are
-        message = p.MessageEvent
-        for item in queue:
-            cls = item.__class__
-            if cls is Wire:
-                event = item.event  # type: ignore[union-attr]
-                if event.__class__ is message:  # the common case: a room message, rendered once per flags
-                    cache = item._irc  # type: ignore[union-attr]
-                    data = cache.get(flags) if cache is not None else None
-                    out.append(data if data is not None else item.irc(flags))  # type: ignore[union-attr]
-                elif event.__class__ in (p.PrivateMessage, p.RoomDeleted, p.Notice):
-                    if event.__class__ is p.RoomDeleted:
-                        out.append(format_line("PART", render.channel(event.room), "Room deleted",
-                                               source=self._source()).encode())
-                    out.append(self._render(event))
-                elif event.__class__ is p.LeaveEvent and event.quit:
-                    # One QUIT per person, however many rooms this reader shares with them.
-                    quits = self._quits if self._quits is not None else {}
-                    self._quits = quits
-                    who = event.nick or event.user
-                    if who in quits:
-                        continue
-                    quits[who] = None
-                    if len(quits) > 64:
-                        del quits[next(iter(quits))]
-                    out.append(item.irc(flags))  # type: ignore[union-attr]
-                else:
-                    if event.__class__ is p.JoinEvent and self._quits:
-                        self._quits.pop(event.nick or event.user, None)
-                    out.append(item.irc(flags))  # type: ignore[union-attr]
-            elif cls is bytes:
-                out.append(item)  # type: ignore[arg-type]
-            else:  # a WebSocket control frame (pong, close), framed already
-                ready.add(len(out))
-                out.append(cast(_Framed, item).data)
+        if None in out:
+            for i, data in enumerate(out):
+                if data is None:
+                    item = queue[i]
+                    if item.__class__ is wire:
+                        out[i] = self._render_wire(item)
+                    elif item.__class__ is bytes:
+                        out[i] = item
+                    else:  # a WebSocket control frame (pong, close), framed already
+                        ready.add(i)
+                        out[i] = cast(_Framed, item).data
         self._space.unpark_all()
+        chunks = cast(list[bytes], out)
         frame = self.conn.frame
         if frame is not None:  # IRC over WebSocket: a message per line, without its CR LF
             framed: list[bytes] = []
-            for i, chunk in enumerate(out):
+            for i, chunk in enumerate(chunks):
                 if i in ready:
                     framed.append(chunk)
                 else:
                     framed.extend(frame(line) for line in chunk.split(b"\r\n") if line)
-            out = framed
-        return out[0] if len(out) == 1 else b"".join(out)
+            chunks = framed
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _render_wire(self, item: Wire) -> bytes:
+        """An event's line(s) for this reader; b"" for what it does not show."""
+        flags = self.flags
+        event = item.event
+        cls = event.__class__
+        if cls is p.MessageEvent:
+            return item.irc(flags)
+        if cls in (p.PrivateMessage, p.RoomDeleted, p.Notice):
+            if cls is p.RoomDeleted:
+                part = format_line("PART", render.channel(event.room), "Room deleted",  # type: ignore[attr-defined]
+                                   source=self._source()).encode()
+                return part + self._render(event)
+            return self._render(event)
+        if cls is p.LeaveEvent and event.quit:  # type: ignore[attr-defined]
+            # One QUIT per person, however many rooms this reader shares with them.
+            quits = self._quits if self._quits is not None else {}
+            self._quits = quits
+            who = event.nick or event.user  # type: ignore[attr-defined]
+            if who in quits:
+                return b""
+            quits[who] = None
+            if len(quits) > 64:
+                del quits[next(iter(quits))]
+            return item.irc(flags)
+        if cls is p.JoinEvent and self._quits:
+            self._quits.pop(event.nick or event.user, None)  # type: ignore[attr-defined]
+        return item.irc(flags)
