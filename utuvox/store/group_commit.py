@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,9 +76,18 @@ class GroupCommit(Generic[C]):
     def _can_write(self) -> bool:
         raise NotImplementedError
 
+    def _inline(self, batch: list[Pending[C]]) -> bool:
+        """Whether this batch may be committed on the event loop itself rather than on the writer thread
+        (an engine whose small commits cost less than the hop to a thread and back; see sqlite.py)."""
+        return False
+
+    def _inline_took(self, seconds: float) -> None:
+        """How long a commit made on the event loop took (an engine may stop making them if it was long)."""
+
     async def _commit_batch(self, batch: list[Pending[C]]) -> list[Outcome]:
         """One transaction on the writer thread: the committer's own (see writer_thread.py) while the
-        committer runs, else (a close after it ended) a worker thread this call awaits."""
+        committer runs, else (a close after it ended) a worker thread this call awaits. A batch the
+        engine says is small enough is committed right here instead."""
         limiter = self._writes  # shared with opening and closing the engine's connection
         try:
             limiter.acquire_nowait()  # free but for those: no trip through the scheduler
@@ -85,6 +95,11 @@ class GroupCommit(Generic[C]):
             await limiter.acquire()
         try:
             if self._thread.running:
+                if self._inline(batch):
+                    start = time.perf_counter()
+                    outcomes = self._commit_sync(batch)
+                    self._inline_took(time.perf_counter() - start)
+                    return outcomes
                 return await self._thread.run(self._commit_sync, batch)
             return await trio.to_thread.run_sync(self._commit_sync, batch)
         finally:
@@ -103,6 +118,10 @@ class GroupCommit(Generic[C]):
                 while True:
                     if not self._pending:
                         await self._wake.park()
+                    else:
+                        # A commit made on the event loop did not yield: let the others run (and queue
+                        # more for the next batch) before it.
+                        await trio.lowlevel.checkpoint()
                     await self._commit_once()
             finally:
                 # On cancellation (shutdown), whatever was queued is still committed: it may have been

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,12 @@ from .rows import SchemaTooNew
 from .sql import SqlStore
 
 log = logging.getLogger("utuvox.store")
+
+# Commits of at most this many history rows are made on the event loop (see SqliteStore._inline); one
+# that takes longer than INLINE_SLOW seconds sends every commit to the writer thread for INLINE_PAUSE.
+INLINE_ROWS = 16
+INLINE_SLOW = 0.002
+INLINE_PAUSE = 10
 
 INSERT_EVENT = "INSERT INTO events(room_id, seq, ts, type, user, body, version) VALUES (?, ?, ?, ?, ?, ?, ?)"
 
@@ -69,6 +76,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         # a room is read from the table the first time a batch writes to it).
         self._last_seq: dict[int, int] = {}
         self._forget: set[int] = set()  # rooms deleted in the transaction being committed
+        self._inline_paused_until = 0.0  # (time.monotonic) no commits on the event loop until then
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -174,6 +182,22 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
     @property
     def _can_write(self) -> bool:
         return self._writer is not None
+
+    def _inline(self, batch: list[Pending[sqlite3.Connection]]) -> bool:
+        """A few history rows are committed on the event loop: in WAL mode with ``synchronous=NORMAL`` a
+        commit writes to the WAL without waiting for the disk (tens of microseconds), less than the trip
+        to the writer thread and back costs a lone message in latency. Anything else (an operation that
+        may read or delete much, a large batch) goes to the thread, and so does every commit for a
+        while after one that took long here (a disk that stalls must not stall every connection)."""
+        if len(batch) > INLINE_ROWS or time.monotonic() < self._inline_paused_until:
+            return False
+        return all(item.row is not None for item in batch)
+
+    def _inline_took(self, seconds: float) -> None:
+        if seconds > INLINE_SLOW:
+            self._inline_paused_until = time.monotonic() + INLINE_PAUSE
+            log.info("a commit on the event loop took %.1f ms: committing on the writer thread for %d s",
+                     seconds * 1000, INLINE_PAUSE)
 
     def _commit_sync(self, batch: list[Pending[sqlite3.Connection]]) -> list[Outcome]:
         conn = self._writer
