@@ -343,7 +343,8 @@ class Outbox:
         else:
             room = self._current_room()
             frames = [item if item.__class__ is bytes else item.text(room) for item in queue]  # type: ignore[union-attr]
-        self._space.unpark_all()
+        if self._space:  # (unparking nobody costs a microsecond, once per flush of every connection)
+            self._space.unpark_all()
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
     # --- writing --------------------------------------------------------------------------------
@@ -377,7 +378,8 @@ class Outbox:
 
     def _sent(self) -> None:
         self._inflight = 0
-        self._space.unpark_all()
+        if self._space:
+            self._space.unpark_all()
 
     async def run(self) -> None:
         """The session's writer task: sends what the flusher could not, and drains the queue once the

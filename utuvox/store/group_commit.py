@@ -136,7 +136,8 @@ class GroupCommit(Generic[C]):
     async def _commit_once(self) -> None:
         pending = self._pending
         batch = [pending.popleft() for _ in range(min(len(pending), self._max_batch))]
-        self._space.unpark_all()
+        if self._space:
+            self._space.unpark_all()
         if not batch:
             return
         # Shielded: once taken from the queue, a batch is committed and its writers told, even if the

@@ -125,7 +125,8 @@ class IrcOutbox(Outbox):
                     else:  # a WebSocket control frame (pong, close), framed already
                         ready.add(i)
                         out[i] = cast(_Framed, item).data
-        self._space.unpark_all()
+        if self._space:
+            self._space.unpark_all()
         chunks = cast(list[bytes], out)
         frame = self.conn.frame
         if frame is not None:  # IRC over WebSocket: a message per line, without its CR LF
