@@ -417,8 +417,12 @@ async def test_a_pong_follows_the_messages_before_its_ping_and_precedes_those_af
         # A pipelining bot: messages, a PING, more messages, another PING, all in one write.
         before = [f"PRIVMSG #lobby :before {i}" for i in range(50)]
         after = [f"PRIVMSG #lobby :after {i}" for i in range(50)]
-        # A line refused at once (no such channel) is answered in its place too, not ahead of the others.
-        await bot.send(*before, "PING :middle", "PRIVMSG #nowhere :lost", *after, "PING :end")
+        # A line refused at once (no such channel) is answered in its place too, not ahead of the others,
+        # and so are the lines the reading itself refuses: one too long (417), one not UTF-8 (FAIL).
+        crlf = "\r\n"
+        await bot.stream.send_all((crlf.join([*before, "PING :middle", "PRIVMSG #nowhere :lost",
+                                              "PRIVMSG #lobby :" + "x" + "y" * 600, *after]) + crlf).encode()
+                                  + b"PRIVMSG #lobby :caf\xe9\r\n" + b"PING :end\r\n")
         seen: list[str] = []
         while not seen or "end" not in seen[-1]:
             text = await bot.line()
@@ -426,10 +430,12 @@ async def test_a_pong_follows_the_messages_before_its_ping_and_precedes_those_af
                 seen.append(text.rsplit(":", 1)[1])
             elif " PONG " in text:
                 seen.append("PONG " + text.rsplit(" ", 1)[1].lstrip(":"))
-            elif " 403 " in text:
-                seen.append("403")
+            elif " 403 " in text or " 417 " in text:
+                seen.append(text.split(" ")[1])
+            elif "INVALID_UTF8" in text:
+                seen.append("INVALID_UTF8")
         expected = [f"before {i}" for i in range(50)] + ["PONG middle"] + [f"after {i}" for i in range(50)]
-        assert seen == [*expected[:51], "403", *expected[51:], "PONG end"]
+        assert seen == [*expected[:51], "403", "417", *expected[51:], "INVALID_UTF8", "PONG end"]
         # Everything the PONGs vouched for is stored, in that order.
         page = await json.request("history", room="lobby", limit=200)
         texts = [e["text"] for e in page["events"] if e["type"] == "message"]

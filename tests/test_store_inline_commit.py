@@ -1,0 +1,91 @@
+"""Where SQLite's commits run: a few history rows on the event loop (cheaper than the trip to the writer
+thread and back), anything else on the writer thread, and every commit on the thread for a while after one
+on the loop was slow. Whichever thread commits, each row is numbered, stored and acknowledged once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from utuvox.store import sqlite
+from utuvox.store.interface import StoredEvent
+from utuvox.store.sqlite import SqliteStore
+
+
+@asynccontextmanager
+async def running(path: Path, threads: list[int]) -> AsyncIterator[SqliteStore]:
+    """A store whose committer runs, noting the thread of each commit in ``threads``."""
+    store = await SqliteStore.open(path)
+    commit = store._commit_sync
+
+    def noted(batch: list[Any]) -> Any:
+        threads.append(threading.get_ident())
+        return commit(batch)
+
+    store._commit_sync = noted  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            yield store
+            nursery.cancel_scope.cancel()
+    finally:
+        await store.close()
+
+
+async def submit_rows(store: SqliteStore, room_id: int, count: int) -> list[int]:
+    """Queue ``count`` messages at once and wait until all are committed; their numbers."""
+    seqs: list[int] = []
+    done = trio.Event()
+
+    def on_commit(seq: int, error: BaseException | None) -> None:
+        assert error is None
+        seqs.append(seq)
+        if len(seqs) == count:
+            done.set()
+
+    for i in range(count):
+        body = '{"type":"message","room":"r","seq":0,"user":"u","text":"m%d"}' % i
+        store.submit_event(StoredEvent(room_id, 0, 1.0, "message", "u", body), on_commit)
+    await done.wait()
+    return seqs
+
+
+async def test_small_batches_commit_on_the_loop_large_ones_and_operations_on_the_thread(tmp_path: Path) -> None:
+    loop = threading.get_ident()
+    threads: list[int] = []
+    async with running(tmp_path / "db.sqlite", threads) as store:
+        room = await store.create_room("r", None)  # an operation: on the writer thread
+        assert threads[-1] != loop
+        assert await submit_rows(store, room.id, 3) == [1, 2, 3]
+        assert threads[-1] == loop
+        large = sqlite.INLINE_ROWS * 4
+        assert await submit_rows(store, room.id, large) == list(range(4, 4 + large))
+        assert threads[-1] != loop
+        stored = await store.history(room.id, before=None, limit=1000)
+        assert [e.seq for e in stored] == list(range(1, 4 + large))
+        assert stored[0].body == '{"type":"message","room":"r","seq":1,"user":"u","text":"m0"}'
+
+
+async def test_a_slow_commit_on_the_loop_sends_commits_to_the_thread(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = threading.get_ident()
+    threads: list[int] = []
+    async with running(tmp_path / "db.sqlite", threads) as store:
+        room = await store.create_room("r", None)
+        monkeypatch.setattr(sqlite, "INLINE_SLOW", 0.0)  # every commit on the loop counts as slow
+        await submit_rows(store, room.id, 1)
+        assert threads[-1] == loop
+        for _ in range(3):  # paused: small batches go to the thread now
+            await submit_rows(store, room.id, 1)
+            assert threads[-1] != loop
+        monkeypatch.setattr(sqlite, "INLINE_PAUSE", 0)
+        store._inline_paused_until = 0.0  # the pause is over
+        await submit_rows(store, room.id, 1)
+        assert threads[-1] == loop
+        assert [e.seq for e in await store.history(room.id, before=None, limit=10)] == [1, 2, 3, 4, 5]
