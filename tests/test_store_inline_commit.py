@@ -50,7 +50,7 @@ async def submit_rows(store: SqliteStore, room_id: int, count: int) -> list[int]
             done.set()
 
     for i in range(count):
-        body = '{"type":"message","room":"r","seq":0,"user":"u","text":"m%d"}' % i
+        body = '{"type":"message","room":"r","seq":0,"user":"u","text":"m' + str(i) + '"}'
         store.submit_event(StoredEvent(room_id, 0, 1.0, "message", "u", body), on_commit)
     await done.wait()
     return seqs
