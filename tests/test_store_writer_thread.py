@@ -3,6 +3,7 @@ caller, a cancelled caller still sees its job through, and the thread ends with 
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -75,3 +76,12 @@ async def test_the_thread_ends_with_its_owner() -> None:
         assert any(t.name == "test-writer-ends" for t in threading.enumerate())
     assert not writer.running
     assert not any(t.name == "test-writer-ends" for t in threading.enumerate())
+
+
+async def test_a_niced_thread_runs_its_jobs_at_that_priority_and_the_loop_keeps_its_own() -> None:
+    writer = WriterThread("test-checkpoints", nice=7)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with writer.started():
+        niceness = await writer.run(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    assert niceness == 7 or (base > 7 and niceness == base)  # (a thread may not lower its priority)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base

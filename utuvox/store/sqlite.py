@@ -24,6 +24,7 @@ from .interface import Conflict, StoreError, numbered
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .rows import SchemaTooNew
 from .sql import SqlStore
+from .writer_thread import WriterThread
 
 log = logging.getLogger("utuvox.store")
 
@@ -69,7 +70,9 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._read_threads = read_threads
         self._idle_readers: list[sqlite3.Connection] = []
         self._checkpointer: sqlite3.Connection | None = None
-        self._checkpoint = trio.CapacityLimiter(1)  # one thread for the checkpointer's connection
+        # The checkpointer's own thread, niced: copying the WAL into the database can wait for the event
+        # loop, and on a busy core it would otherwise take the core from it for milliseconds each second.
+        self._checkpoint = WriterThread("SqliteStore-checkpoints", nice=10)
         self._commits_since_checkpoint = trio.Event()  # set by each commit, renewed by each checkpoint
         self._writer: sqlite3.Connection | None = None
         # Each room's last sequence number, numbered inside the commit (only the writer thread touches it;
@@ -150,17 +153,18 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         PASSIVE checkpoint never blocks the writer; the WAL starts over once one has caught up. It
         sleeps until a commit happens (an idle server never wakes for it), then lets ``interval`` pass
         so that one checkpoint covers the commits of that while."""
-        while True:
-            await self._commits_since_checkpoint.wait()
-            await trio.sleep(interval)
-            self._commits_since_checkpoint = trio.Event()
-            conn = self._checkpointer
-            if conn is None:
-                continue
-            try:
-                await trio.to_thread.run_sync(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)", limiter=self._checkpoint)
-            except sqlite3.Error as exc:
-                log.warning("checkpoint failed: %s", exc)
+        async with self._checkpoint.started():
+            while True:
+                await self._commits_since_checkpoint.wait()
+                await trio.sleep(interval)
+                self._commits_since_checkpoint = trio.Event()
+                conn = self._checkpointer
+                if conn is None:
+                    continue
+                try:
+                    await self._checkpoint.run(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("checkpoint failed: %s", exc)
 
     def _committed(self) -> None:
         self._commits_since_checkpoint.set()

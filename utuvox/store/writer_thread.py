@@ -12,6 +12,7 @@ outlives the task that owns it.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -27,8 +28,11 @@ T = TypeVar("T")
 class WriterThread:
     """One thread running jobs in the order given; :meth:`run` is called by one task at a time."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, nice: int = 0) -> None:
         self._name = name
+        # Raised on the thread when it starts (Linux sets it per thread): work that can wait (a checkpoint)
+        # then takes the core only when the event loop does not want it.
+        self._nice = nice
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
 
@@ -51,6 +55,9 @@ class WriterThread:
                 await trio.to_thread.run_sync(thread.join)
 
     def _work(self) -> None:
+        if self._nice:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         while (job := self._jobs.get()) is not None:
             job()
 
