@@ -375,3 +375,17 @@ async def test_topics_and_irc_private_messages_cross_nodes(tmp_path: Path) -> No
         await bob.send("PRIVMSG alice :psst, over here")
         frame = await alice.recv_until(lambda f: f.get("type") == "msg")
         assert (frame["user"], frame["to"], frame["text"]) == ("bob", "alice", "psst, over here")
+        # Nicks are one namespace across the nodes: a nick an account uses on one node, or a guest's,
+        # cannot be taken on the other.
+        await bob.send("NICK bobby")
+        await bob.expect(" NICK bobby")
+        await bob.send("PRIVMSG alice :renamed")  # after the nick, through the same broker: node one knows it
+        await alice.recv_until(lambda f: f.get("type") == "msg" and f.get("text") == "renamed")
+        guest = RawIrc(await trio.open_tcp_stream("127.0.0.1", one.irc_port))
+        assert " 433 " in await guest.register("bobby")
+        assert " 001 " in await guest.register("wanderer")
+        await guest.send("PRIVMSG bob :hello from a guest")
+        await bob.expect("hello from a guest")
+        other = RawIrc(await trio.open_tcp_stream("127.0.0.1", two.irc_port))
+        assert " 433 " in await other.register("wanderer")
+        assert " 001 " in await other.register("roamer")

@@ -29,6 +29,12 @@ class RemoteSession:
     rooms: tuple[str, ...]
     connected_at: str
     operator: str | None = None
+    nick: str | None = None  # on IRC: the nick, where the session has one
+
+    def holds_nick(self, key: str) -> bool:
+        """Whether this session is on IRC as ``key`` (lower case). (A guest's name is its nick; an account's
+        name is the account's wherever it is used, which the store says.)"""
+        return self.nick is not None and self.nick.lower() == key
 
     @property
     def user_key(self) -> str | None:

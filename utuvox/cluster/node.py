@@ -60,14 +60,15 @@ def _describe(node: str, session: Session) -> dict[str, Any]:
     return {"id": session.id, "user": user.name if user else None, "is_admin": bool(user and user.is_admin),
             "is_bot": bool(user and user.is_bot), "transport": session.transport, "address": session.address,
             "rooms": list(session.rooms), "connected_at": session.connected_at.isoformat(),
-            "operator": session.operator}
+            "operator": session.operator, "nick": session.nick}
 
 
 def _remote(node: str, d: dict[str, Any]) -> RemoteSession:
     return RemoteSession(node=node, id=int(d["id"]), user=d.get("user"), is_admin=bool(d.get("is_admin")),
                          is_bot=bool(d.get("is_bot")), transport=str(d.get("transport", "")),
                          address=str(d.get("address", "")), rooms=tuple(d.get("rooms") or ()),
-                         connected_at=str(d.get("connected_at", "")), operator=d.get("operator"))
+                         connected_at=str(d.get("connected_at", "")), operator=d.get("operator"),
+                         nick=d.get("nick"))
 
 
 class Cluster:

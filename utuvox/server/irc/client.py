@@ -368,6 +368,7 @@ class IrcClient:
             self.chat.sign_in_guest(self.session, nick)
         self.registry.take(self, nick)
         self.nick = self.session.nick = self.outbox.nick = nick
+        self.chat.elsewhere.changed(self.session)  # the other nodes learn the nick is taken
         self.send("NICK", nick, source=old_source)
         for other in self.neighbours():
             other.outbox.send_line(format_line("NICK", nick, source=old_source))
@@ -385,6 +386,9 @@ class IrcClient:
                 if mine is None or holder_user is None or holder_user.key != mine:
                     return True
         if any(s is not self.session for s in self.chat.sessions_of(nick)):
+            return True
+        # On the other nodes of a cluster, as they last told: a nick someone uses there (not this account).
+        if any(r.holds_nick(key) and (mine is None or r.user_key != mine) for r in self.chat.elsewhere.sessions()):
             return True
         if not accounts or (self.session.user is not None and self.session.user.guest
                             and self.session.user.key == key):
@@ -438,6 +442,7 @@ class IrcClient:
         self.session.nick = self.outbox.nick = self.nick
         self.session.ident = "~" + self.ident
         self.session.realname = self.realname
+        self.chat.elsewhere.changed(self.session)
         self.registry.take(self, self.nick)
         self.welcome()
 
