@@ -281,6 +281,12 @@ async def test_guests_nicks_accounts_and_bad_input(tmp_path: Path) -> None:
         await owner.register("nick2")
         await guest.send("WHOIS nick2")
         assert (await guest.expect(" 330 ")).split()[3:5] == ["nick2", "val"]
+        # the account's own name as its nick (irssi's PASS account:password), while it is signed in over JSON
+        # and as nick2 too; still no one else's
+        again = await RawIrc.connect(port)
+        assert " 001 " in await again.register("val", "PASS val:pw")
+        await guest.send("NICK val")
+        await guest.expect(" 433 visitor val ")
         # rooms: created on JOIN; the JSON side sees the guest marked, the nick beside the account
         await json.request("create", room="lobby")
         await owner.send("JOIN #lobby", "PRIVMSG #lobby :from nick2")

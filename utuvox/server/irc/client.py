@@ -385,7 +385,10 @@ class IrcClient:
                 holder_user = holder.session.user
                 if mine is None or holder_user is None or holder_user.key != mine:
                     return True
-        if any(s is not self.session for s in self.chat.sessions_of(nick)):
+        # Sessions signed in under that name: before registration only a guest's counts (a name in use by an
+        # account's sessions elsewhere may still be this connection's own, once it logs in).
+        if any(s is not self.session and (accounts or (s.user is not None and s.user.guest))
+               for s in self.chat.sessions_of(nick)):
             return True
         # On the other nodes of a cluster, as they last told: a nick someone uses there (not this account).
         if any(r.holds_nick(key) and (mine is None or r.user_key != mine) for r in self.chat.elsewhere.sessions()):
