@@ -5,6 +5,7 @@ on the loop was slow. Whichever thread commits, each row is numbered, stored and
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -84,8 +85,10 @@ async def test_a_slow_commit_on_the_loop_sends_commits_to_the_thread(tmp_path: P
         for _ in range(3):  # paused: small batches go to the thread now
             await submit_rows(store, room.id, 1)
             assert threads[-1] != loop
-        monkeypatch.setattr(sqlite, "INLINE_PAUSE", 0)
-        store._inline_paused_until = 0.0  # the pause is over
+        assert 9 < store._inline_paused_until - time.monotonic() <= sqlite.INLINE_PAUSE
+        store._inline_paused_until = 0.0  # the pause is over: on the loop again, and slow again
         await submit_rows(store, room.id, 1)
         assert threads[-1] == loop
+        # a second stall pauses twice as long
+        assert 19 < store._inline_paused_until - time.monotonic() <= 2 * sqlite.INLINE_PAUSE
         assert [e.seq for e in await store.history(room.id, before=None, limit=10)] == [1, 2, 3, 4, 5]

@@ -29,7 +29,8 @@ from .writer_thread import WriterThread
 log = logging.getLogger("utuvox.store")
 
 # Commits of at most this many history rows are made on the event loop (see SqliteStore._inline); one
-# that takes longer than INLINE_SLOW seconds sends every commit to the writer thread for INLINE_PAUSE. The
+# that takes longer than INLINE_SLOW seconds sends every commit to the writer thread for INLINE_PAUSE, doubled
+# for each stall after the first (a disk that stays slow costs the loop one stall per doubling). The
 # bar is a disk that stalls, not a busy core: a commit preempted for a millisecond or two on a shared
 # machine is common and says nothing about the disk (a 2 ms bar kept commits off the loop most of the time).
 INLINE_ROWS = 16
@@ -82,6 +83,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._last_seq: dict[int, int] = {}
         self._forget: set[int] = set()  # rooms deleted in the transaction being committed
         self._inline_paused_until = 0.0  # (time.monotonic) no commits on the event loop until then
+        self._inline_stalls = 0  # commits on the event loop that stalled, since the process started
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -201,9 +203,11 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
 
     def _inline_took(self, seconds: float) -> None:
         if seconds > INLINE_SLOW:
-            self._inline_paused_until = time.monotonic() + INLINE_PAUSE
-            log.info("a commit on the event loop took %.1f ms: committing on the writer thread for %d s",
-                     seconds * 1000, INLINE_PAUSE)
+            pause = INLINE_PAUSE * 2 ** min(self._inline_stalls, 16)
+            self._inline_stalls += 1
+            self._inline_paused_until = time.monotonic() + pause
+            log.warning("a commit on the event loop took %.0f ms: committing on the writer thread for %d s",
+                        seconds * 1000, pause)
 
     def _commit_sync(self, batch: list[Pending[sqlite3.Connection]]) -> list[Outcome]:
         conn = self._writer
