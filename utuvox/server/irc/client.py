@@ -166,7 +166,7 @@ class IrcClient:
         earlier messages commit: what it answers at once (an error numeric) then waits for them, so it
         cannot overtake their echoes or a PONG."""
         command = line.command
-        if self.has("labeled-response") and "label" in line.tags:
+        if line.tags and "label" in line.tags and self.has("labeled-response"):
             self.label = line.tags["label"][:64]
             self._captured = []
         hold = pipelined and self.session.unacked > 0
@@ -854,10 +854,10 @@ class IrcClient:
             return
         text = line.params[1]
         # What cannot be relayed in one line (":source COMMAND target :text" and CR LF), with this sender's
-        # prefix, is refused rather than cut.
-        fixed = len(self.source.encode()) + len(line.command) + len(text.encode()) + 6
+        # prefix, is refused rather than cut. (Short texts fit whatever the prefix: not worth counting.)
+        fixed = 0 if len(text) < 64 else len(self.source.encode()) + len(line.command) + len(text.encode()) + 6
         for target in line.params[0].split(",")[:MAX_TARGETS]:
-            if fixed + len(target.encode()) > MAX_LINE:
+            if fixed and fixed + len(target.encode()) > MAX_LINE:
                 self.num(n.ERR_INPUTTOOLONG, "Message too long to relay in one line")
                 continue
             if target.startswith("#"):

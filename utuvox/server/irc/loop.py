@@ -56,7 +56,7 @@ async def irc_read_loop(chat: Chat, session: Session, conn: Connection, outbox: 
                 line = parse(text)
             except LineError:
                 continue
-            pipelined = _pipelined(line.command, line.param(0))
+            pipelined = _pipelined(line.command, line.params[0] if line.params else "")
             if not pipelined:
                 await session.catch_up()
             try:
@@ -85,6 +85,8 @@ def _fits(client: IrcClient, data: bytes) -> bool:
 def _pipelined(command: str, targets: str) -> bool:
     """Messages to rooms are committed as a group, as JSON ``message`` requests are; any other line but a
     PING waits for them (a PING is answered after the messages sent before it are stored: cmd_ping)."""
-    if command == "PING":
-        return True  # it waits for what came before it itself, without holding up the lines behind it
-    return command in ("PRIVMSG", "NOTICE") and bool(targets) and all(t.startswith("#") for t in targets.split(","))
+    if command == "PRIVMSG" or command == "NOTICE":
+        if "," not in targets:
+            return targets[:1] == "#"
+        return all(t[:1] == "#" for t in targets.split(","))
+    return command == "PING"  # it waits for what came before it itself, without holding up the lines behind it
