@@ -192,3 +192,16 @@ async def test_a_postgres_database_of_schema_2_is_migrated_with_every_row() -> N
             assert sorted(versions) == list(range(1, PG_SCHEMA_VERSION + 1))
             nursery.cancel_scope.cancel()
         await store.close()
+
+
+async def test_postgres_closes_its_connections_after_the_committer_ended() -> None:
+    with fresh_database() as url:
+        store = await PostgresStore.open(url)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await store.create_room("r", None)
+            nursery.cancel_scope.cancel()  # the committer ends first, as at the server's shutdown
+        connections = [store._writer, *store._readers]
+        await store.close()
+        assert connections and all(c is not None and c.closed for c in connections)
+        assert store._writer is None and not store._readers

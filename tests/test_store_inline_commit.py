@@ -92,3 +92,22 @@ async def test_a_slow_commit_on_the_loop_sends_commits_to_the_thread(tmp_path: P
         # a second stall pauses twice as long
         assert 19 < store._inline_paused_until - time.monotonic() <= 2 * sqlite.INLINE_PAUSE
         assert [e.seq for e in await store.history(room.id, before=None, limit=10)] == [1, 2, 3, 4, 5]
+
+
+async def test_closing_after_the_committer_ended_closes_every_connection(tmp_path: Path) -> None:
+    """The server's shutdown ends the committer first, then closes the store: the connections are closed
+    all the same, and the last of them folds the WAL into the database and removes it."""
+    path = tmp_path / "db.sqlite"
+    async with running(path, []) as store:
+        room = await store.create_room("r", None)
+        await submit_rows(store, room.id, 5)
+        assert path.with_name("db.sqlite-wal").exists()
+        # (running() cancels the committer on the way out, then closes the store)
+    assert store._writer is None and not store._idle_readers and store._checkpointer is None
+    assert not path.with_name("db.sqlite-wal").exists()
+    await store.close()  # twice is fine
+    reopened = await SqliteStore.open(path)
+    try:
+        assert [e.seq for e in await reopened.history(room.id, before=None, limit=10)] == [1, 2, 3, 4, 5]
+    finally:
+        await reopened.close()

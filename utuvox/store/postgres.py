@@ -126,9 +126,9 @@ class PostgresStore(SqlStore[Conn]):
             log.info("PostgreSQL schema migrated to version %d", target)
 
     async def close(self) -> None:
-        """Commit what is queued, then close. Safe to call twice."""
-        if not await self._drain():
-            return
+        """Commit what is queued, then close every connection. Safe to call twice, and after the committer
+        has ended (it refuses new writes then, but the connections are still open)."""
+        await self._drain()
         connections = [c for c in [self._writer, *self._readers] if c is not None]
         self._writer, self._readers = None, []
         for conn in connections:

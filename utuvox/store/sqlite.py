@@ -132,12 +132,14 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._checkpointer = self._connect()
 
     async def close(self) -> None:
-        """Commit what is queued, then close. Safe to call twice."""
-        if not await self._drain():
-            return
-        writer = self._writer
+        """Commit what is queued, then close every connection. Safe to call twice, and after the committer
+        has ended (it refuses new writes then, but the connections are still open: the last one to close
+        folds the WAL into the database and removes it)."""
+        await self._drain()
+        async with self._writes:  # not while a commit runs
+            writer, self._writer = self._writer, None
         if writer is not None:
-            await trio.to_thread.run_sync(writer.close, limiter=self._writes)
+            await trio.to_thread.run_sync(writer.close)
         for conn in [*self._idle_readers, *([self._checkpointer] if self._checkpointer else [])]:
             conn.close()
         self._idle_readers.clear()
