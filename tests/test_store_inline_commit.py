@@ -4,6 +4,7 @@ on the loop was slow. Whichever thread commits, each row is numbered, stored and
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +26,9 @@ async def running(path: Path, threads: list[int]) -> AsyncIterator[SqliteStore]:
     store = await SqliteStore.open(path)
     commit = store._commit_sync
 
-    def noted(batch: list[Any]) -> Any:
+    def noted(batch: list[Any], begun: bool = False) -> Any:
         threads.append(threading.get_ident())
-        return commit(batch)
+        return commit(batch, begun)
 
     store._commit_sync = noted  # type: ignore[method-assign]
     try:
@@ -111,3 +112,30 @@ async def test_closing_after_the_committer_ended_closes_every_connection(tmp_pat
         assert [e.seq for e in await reopened.history(room.id, before=None, limit=10)] == [1, 2, 3, 4, 5]
     finally:
         await reopened.close()
+
+
+async def test_a_write_lock_held_elsewhere_is_waited_for_on_the_thread_not_on_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    loop = threading.get_ident()
+    threads: list[int] = []
+    async with running(path, threads) as store:
+        room = await store.create_room("r", None)
+        # Another connection (an operator's sqlite3 shell) holds the write lock for a second.
+        blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(1.0, blocker.execute, ["COMMIT"])
+        release.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit_rows, store, room.id, 1)
+                start = time.monotonic()
+                await trio.sleep(0.05)
+                # The event loop went on meanwhile: it did not sit in SQLite's busy wait.
+                assert time.monotonic() - start < 0.5
+        finally:
+            release.join()
+            blocker.close()
+        assert threads[-1] != loop  # committed by the writer thread, once the lock was free
+        assert [e.seq for e in await store.history(room.id, before=None, limit=10)] == [1]
+        await submit_rows(store, room.id, 1)
+        assert threads[-1] == loop  # and the next one on the loop again

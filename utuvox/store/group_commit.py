@@ -84,6 +84,11 @@ class GroupCommit(Generic[C]):
     def _inline_took(self, seconds: float) -> None:
         """How long a commit made on the event loop took (an engine may stop making them if it was long)."""
 
+    def _commit_inline(self, batch: list[Pending[C]]) -> list[Outcome] | None:
+        """The batch committed on the event loop, or None if that would mean waiting (then the writer
+        thread commits it)."""
+        return self._commit_sync(batch)
+
     async def _commit_batch(self, batch: list[Pending[C]]) -> list[Outcome]:
         """One transaction on the writer thread: the committer's own (see writer_thread.py) while the
         committer runs, else (a close after it ended) a worker thread this call awaits. A batch the
@@ -97,9 +102,10 @@ class GroupCommit(Generic[C]):
             if self._thread.running:
                 if self._inline(batch):
                     start = time.perf_counter()
-                    outcomes = self._commit_sync(batch)
+                    outcomes = self._commit_inline(batch)
                     self._inline_took(time.perf_counter() - start)
-                    return outcomes
+                    if outcomes is not None:
+                        return outcomes
                 return await self._thread.run(self._commit_sync, batch)
             return await trio.to_thread.run_sync(self._commit_sync, batch)
         finally:

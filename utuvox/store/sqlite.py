@@ -33,6 +33,7 @@ log = logging.getLogger("utuvox.store")
 # for each stall after the first (a disk that stays slow costs the loop one stall per doubling). The
 # bar is a disk that stalls, not a busy core: a commit preempted for a millisecond or two on a shared
 # machine is common and says nothing about the disk (a 2 ms bar kept commits off the loop most of the time).
+BUSY_TIMEOUT_MS = 30_000  # how long a connection waits for another's lock before it fails
 INLINE_ROWS = 16
 INLINE_SLOW = 0.02
 INLINE_PAUSE = 10
@@ -94,11 +95,12 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         return store
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return conn
 
     def _open_sync(self) -> None:
@@ -211,14 +213,31 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
             log.warning("a commit on the event loop took %.0f ms: committing on the writer thread for %d s",
                         seconds * 1000, pause)
 
-    def _commit_sync(self, batch: list[Pending[sqlite3.Connection]]) -> list[Outcome]:
+    def _commit_inline(self, batch: list[Pending[sqlite3.Connection]]) -> list[Outcome] | None:
+        """On the event loop nothing waits for a lock: if another connection (an operator's ``sqlite3``
+        shell, say) holds the database's write lock, the writer thread commits this batch instead, waiting
+        out the busy timeout there."""
+        conn = self._writer
+        assert conn is not None
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # locked (or the disk refuses): the thread will see
+                return None
+            return self._commit_sync(batch, begun=True)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def _commit_sync(self, batch: list[Pending[sqlite3.Connection]], begun: bool = False) -> list[Outcome]:
         conn = self._writer
         assert conn is not None
         outcomes: list[Outcome] = []
         # Sequence numbers given out in this transaction; they count only once it commits.
         numbers: dict[int, int] = {}
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not begun:
+                conn.execute("BEGIN IMMEDIATE")
             i, n = 0, len(batch)
             while i < n:
                 if batch[i].row is None:
