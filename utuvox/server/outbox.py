@@ -246,7 +246,8 @@ class Outbox:
         if self.closing:
             return
         queue = self._queue
-        size = len(wire.json) if self.codec == "json" else len(wire.text(self._current_room()))
+        # (IRC lines are rendered later, per set of capabilities: counted at the JSON's size, about theirs.)
+        size = len(wire.text(self._current_room())) if self.codec == "text" else len(wire.json)
         queued = self._queued_bytes + size
         if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
             self._overflow(size)

@@ -13,9 +13,7 @@ from utuvox.protocol.irc import render
 from utuvox.protocol.irc.lines import format_line
 
 from .. import websocket as ws
-from ..outbox import Outbox, State, _Framed
-
-_OPEN = State.OPEN
+from ..outbox import Outbox, _Framed
 
 
 def irc_frame_text(line: bytes) -> bytes:
@@ -53,20 +51,7 @@ class IrcOutbox(Outbox):
         # The bytes are counted at the event's JSON size, known already: the IRC line is rendered later,
         # once per set of capabilities, and is about as long (the tags of server-time and msgid against the
         # JSON's field names).
-        # (_put_sized, unrolled: once per member per event.)
-        if self.closing:
-            return
-        queue = self._queue
-        size = len(wire.json)
-        queued = self._queued_bytes + size
-        if len(queue) >= self.limit or queued + self._inflight > self.max_bytes:
-            self._overflow(size)
-            return
-        queue.append(wire)
-        self._queued_bytes = queued
-        if not self._marked and self.state is _OPEN:
-            self._marked = True
-            self.flusher.mark(self)
+        Outbox.deliver(self, wire)
 
     def acknowledge(self, request: Request, room: str, seq: int) -> None:
         label = self.labels.pop(id(request), None) if self.labels else None
