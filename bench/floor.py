@@ -17,6 +17,7 @@ receiver has it, then sends the next.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import selectors
@@ -43,6 +44,10 @@ class _Flusher:
         else:
             buf += data
 
+    def forget(self, fd: int) -> None:
+        """A connection is closing: what is still queued for it is dropped (its number may be reused)."""
+        self.dirty.pop(fd, None)
+
     async def run(self) -> None:
         while True:
             await self.wake.wait()
@@ -54,7 +59,12 @@ class _Flusher:
                     try:
                         view = view[os.write(fd, view):]
                     except BlockingIOError:
-                        await trio.lowlevel.wait_writable(fd)
+                        try:
+                            await trio.lowlevel.wait_writable(fd)
+                        except trio.ClosedResourceError:
+                            break  # closed while waiting: a load client that left
+                    except OSError:
+                        break  # a load client that left between scenarios
             await trio.lowlevel.checkpoint()
 
 
@@ -63,17 +73,31 @@ async def _serve(port_out: Any, hop: bool) -> None:
     receivers: list[int] = []
 
     async def handle(stream: trio.SocketStream) -> None:
+        # A load client that leaves (reset, with unread data) ends its handler only, not the floor server.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await serve(stream)
+
+    async def serve(stream: trio.SocketStream) -> None:
         sock = stream.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         fd = sock.fileno()
         role = await stream.receive_some(1)
         if role == b"R":
             receivers.append(fd)
-            await stream.send_all(b"k")
-            while await stream.receive_some(1024):
-                pass
-            receivers.remove(fd)
+            try:
+                await stream.send_all(b"k")
+                while await stream.receive_some(1024):
+                    pass
+            finally:
+                receivers.remove(fd)
+                flusher.forget(fd)
             return
+        try:
+            await relay(stream, fd)
+        finally:
+            flusher.forget(fd)
+
+    async def relay(stream: trio.SocketStream, fd: int) -> None:
         tail = b""
         while True:
             data = await stream.receive_some(1 << 16)
