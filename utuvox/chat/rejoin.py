@@ -54,7 +54,10 @@ class Rejoins:
             return {}
         latest: dict[str, bool] = {}
         names: dict[str, str] = {}
-        for event in room.recent:
+        for wire in room.recent:
+            if wire.kind != "join" and wire.kind != "leave":
+                continue  # (a message's model is not made for this)
+            event = wire.event
             if isinstance(event, p.JoinEvent | p.LeaveEvent):
                 key = event.user.lower()
                 names[key] = event.user

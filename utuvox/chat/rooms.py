@@ -25,7 +25,7 @@ class Room:
     name: str
     delivered: int  # the last sequence number published to this node's members
     recent_max: int
-    recent: deque[RoomEventUnion] = field(init=False)
+    recent: deque[Wire] = field(init=False)  # the newest events, as they went out
     loaded: bool = False  # whether `recent` holds everything up to the newest event
     load_lock: trio.Lock = field(default_factory=trio.Lock)
     deleted: bool = False
@@ -45,27 +45,32 @@ class Room:
     def key(self) -> str:
         return self.name.lower()
 
-    def remember(self, event: RoomEventUnion) -> None:
-        self.recent.append(event)
+    def remember(self, wire: Wire) -> None:
+        self.recent.append(wire)
 
-    def merge_loaded(self, events: list[RoomEventUnion]) -> None:
+    def merge_loaded(self, wires: list[Wire]) -> None:
         """Fold events read from the store into the cache: anything published while they were being
         read is already in it, so keep one of each sequence number, in order."""
-        by_seq = {e.seq: e for e in events}
-        by_seq.update((e.seq, e) for e in self.recent)
+        by_seq = {w.seq: w for w in wires}
+        by_seq.update((w.seq, w) for w in self.recent)
         self.recent = deque((by_seq[s] for s in sorted(by_seq)), maxlen=self.recent_max)
         self.loaded = True
+
+    def latest(self, count: int) -> list[RoomEventUnion]:
+        """The newest ``count`` events in memory, oldest first."""
+        recent = self.recent
+        return [w.event for w in list(recent)[max(0, len(recent) - count):]] if count > 0 else []  # type: ignore[misc]
 
     def page(self, before: int | None, limit: int) -> list[RoomEventUnion] | None:
         """A page from memory, or ``None`` if memory does not hold all of it."""
         if not self.loaded:
             return None
-        events = list(self.recent)
+        wires = list(self.recent)
         if before is not None:
-            events = [e for e in events if e.seq < before]
-        if len(events) >= limit:
-            return events[-limit:]
+            wires = [w for w in wires if w.seq < before]
+        if len(wires) >= limit:
+            return [w.event for w in wires[-limit:]]  # type: ignore[misc]
         # Memory holds fewer than asked: that is the whole answer only if nothing older exists.
         if not self.recent or self.recent[0].seq == 1 or len(self.recent) < (self.recent.maxlen or 0):
-            return events
+            return [w.event for w in wires]  # type: ignore[misc]
         return None

@@ -30,7 +30,7 @@ from .bus import Bus
 from .clock import Clock
 from .commands import Audit, RateCheck
 from .config import ChatConfig
-from .delivery import InOrder
+from .delivery import InOrder, stored_wire
 from .elsewhere import Elsewhere, SingleNode
 from .limits import Limits, address_key
 from .listing import SortedKeys
@@ -493,7 +493,7 @@ class Chat:
 
     def publish(self, room: Room, wire: Wire) -> None:
         """A committed room event, in seq order: remembered for joins and recent pages, and sent out."""
-        room.remember(wire.event)  # type: ignore[arg-type]
+        room.remember(wire)
         self.publish_once(room, wire)
 
     def publish_once(self, room: Room, wire: Wire) -> None:
@@ -511,7 +511,6 @@ class Chat:
         ``on_done(seq, None)`` runs (or ``on_done(0, error)`` and nothing is published). ``origin`` is the
         session whose request made it."""
         line = json_codec.encode(event)
-        kind, user = event.type, event.user
 
         def committed(seq: int, error: BaseException | None) -> None:
             if error is not None or room.deleted:
@@ -525,8 +524,22 @@ class Chat:
             wire = Wire.encoded(event, line.replace(b',"seq":0,', b',"seq":%d,' % seq, 1), origin)
             self.delivery.committed(room, seq, wire, on_done or _nothing)
 
-        self.store.submit_event(StoredEvent(room.id, 0, event.ts.timestamp(), kind, user, line[:-1].decode()),
-                                committed)
+        self.store.submit_event(StoredEvent(room.id, 0, event.ts.timestamp(), event.type, event.user,
+                                            line[:-1].decode()), committed)
+
+    def record_line(self, room: Room, kind: str, user: str, ts: float, line: bytes,
+                    on_done: Callable[[int, BaseException | None], None], origin: Session | None = None) -> None:
+        """:meth:`record` for an event given as its JSON line alone (numbered 0, of today's schema, made
+        by :mod:`utuvox.protocol.event_lines`): no model is made unless a reader needs one."""
+
+        def committed(seq: int, error: BaseException | None) -> None:
+            if error is not None or room.deleted:
+                on_done(seq, error)
+                return
+            wire = Wire.line(kind, room.name, seq, line.replace(b',"seq":0,', b',"seq":%d,' % seq, 1), origin)
+            self.delivery.committed(room, seq, wire, on_done)
+
+        self.store.submit_event(StoredEvent(room.id, 0, ts, kind, user, line[:-1].decode()), committed)
 
     async def record_and_wait(self, room: Room, make: Callable[[int], Any], origin: Session | None = None) -> None:
         """Commit a room event built by ``make(0)`` and wait until it is durable and published."""
@@ -553,7 +566,7 @@ class Chat:
             stored = await self.store.history(room.id, before=None, limit=self.config.recent_cache)
             # Events committed but not yet delivered here are left out: they come through delivery, in
             # order, and a member must not get them twice.
-            room.merge_loaded([self.parse_event(s) for s in stored if s.seq <= room.delivered])
+            room.merge_loaded([stored_wire(s) for s in stored if s.seq <= room.delivered])
 
     @staticmethod
     def parse_event(stored: StoredEvent) -> Any:
@@ -665,7 +678,7 @@ class Chat:
             self.bus.subscribe(room.key, session)
             session.rooms.append(room.name)
             self.elsewhere.changed(session)
-        recent = list(room.recent)[-self.config.join_history:]
+        recent = room.latest(self.config.join_history)
         return p.Joined(re=req.id, room=room.name, history=recent, last_seq=room.delivered, **self.topic_of(room))
 
     async def part(self, session: Session, room: Room, reason: str | None = None, *, quit: bool = False,
@@ -780,9 +793,10 @@ class Chat:
 
     # --- messages -------------------------------------------------------------------------------
 
-    def write(self, session: Session, room: Room, event: p.MessageEvent, req: Request) -> None:
-        """Queue a session's message for commit; its ``ok`` (or error) goes out once it is committed,
-        after the answers to the session's earlier writes."""
+    def write(self, session: Session, room: Room, line: bytes, ts: float, req: Request) -> None:
+        """Queue a session's message (its event's JSON line, see :meth:`record_line`, and its time) for
+        commit; its ``ok`` (or error) goes out once it is committed, after the answers to the session's
+        earlier writes."""
         peer = session.peer
         ticket = session.writes_started  # this write's place among the session's writes
         session.write_started()
@@ -803,7 +817,7 @@ class Chat:
             else:
                 self.hold(session, ticket, partial(answer, seq, error))
 
-        self.record(room, event, committed, session)
+        self.record_line(room, "message", self.identity(session).name, ts, line, committed, session)
 
     def hold(self, session: Session, ticket: int, answer: Callable[[], None]) -> None:
         """Answer a session's writes in the order they were made. With several nodes, a message in one

@@ -1,4 +1,8 @@
-"""An event ready to go out: encoded once per codec, then the same bytes go to every member."""
+"""An event ready to go out: encoded once per codec, then the same bytes go to every member.
+
+A room message's wire starts from its JSON line alone (see :mod:`utuvox.protocol.event_lines`): its
+model is made from those bytes the first time a reader needs it (IRC, text mode, a join's history) and
+kept, so a room of JSON clients never pays for one."""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from utuvox.protocol import Event, json_codec, text_render
-from utuvox.protocol.core import MessageEvent
 from utuvox.protocol.irc import render as irc_render
+from utuvox.protocol.stored import CURRENT_VERSION, load_event
 
 
 class Origin(Protocol):
@@ -24,11 +28,13 @@ class Origin(Protocol):
 
 
 class Wire:
-    __slots__ = ("_framed", "_irc", "_text_here", "_text_there", "event", "irc_data", "irc_flags", "json", "origin",
-                 "room")
+    __slots__ = ("_event", "_framed", "_irc", "_text_here", "_text_there", "irc_data", "irc_flags", "json", "kind",
+                 "origin", "room", "seq")
 
     def __init__(self, event: Event, origin: Origin | None = None) -> None:
-        self.event = event
+        self._event: Event | None = event
+        self.kind: str = event.type
+        self.seq: int = getattr(event, "seq", 0)
         # The session whose request made the event: IRC shows a sender its own message only when it
         # asked for echo-message, and names the sender as that session does (nick!ident@host).
         self.origin = origin
@@ -44,17 +50,38 @@ class Wire:
     @classmethod
     def encoded(cls, event: Event, json: bytes, origin: Origin | None = None) -> Wire:
         """A wire for ``event`` whose JSON line is already made (numbered by the store, or read from it)."""
+        return cls._made(event, event.type, getattr(event, "room", None), getattr(event, "seq", 0), json, origin)
+
+    @classmethod
+    def line(cls, kind: str, room: str, seq: int, json: bytes, origin: Origin | None = None) -> Wire:
+        """A wire for the room event whose JSON line (of today's schema) is ``json``: its model is made
+        from the line when first asked for."""
+        return cls._made(None, kind, room, seq, json, origin)
+
+    @classmethod
+    def _made(cls, event: Event | None, kind: str, room: str | None, seq: int, json: bytes,
+              origin: Origin | None) -> Wire:
         wire = cls.__new__(cls)
-        wire.event = event
+        wire._event = event
+        wire.kind = kind
+        wire.seq = seq
         wire.origin = origin
         wire._irc = None
         wire.irc_flags = -1
         wire.irc_data = b""
-        wire.room = getattr(event, "room", None)
+        wire.room = room
         wire.json = json
         wire._text_here = wire._text_there = None
         wire._framed = None
         return wire
+
+    @property
+    def event(self) -> Event:
+        """The event's model (made from the JSON line the first time, for a wire made by :meth:`line`)."""
+        event = self._event
+        if event is None:
+            event = self._event = load_event(CURRENT_VERSION, self.json)
+        return event
 
     def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
         """The JSON line as a transport frames it (a WebSocket text frame), made once per event."""
@@ -77,7 +104,7 @@ class Wire:
                 source = irc_render.prefix(origin.nick, origin.ident)
                 realname = origin.realname
             data = cache[flags] = irc_render.event(self.event, flags, source, realname=realname)
-            if self.irc_flags < 0 and self.event.__class__ is MessageEvent:
+            if self.irc_flags < 0 and self.kind == "message":
                 # The first rendering of a room message, kept where an IRC outbox takes it in one
                 # comprehension (readers mostly share one set of capabilities).
                 self.irc_flags, self.irc_data = flags, data
@@ -86,7 +113,7 @@ class Wire:
     def text(self, current_room: str | None) -> bytes:
         """The text-mode line. Room messages render two ways: in the reader's current room, or
         prefixed with the room's name; each form is rendered at most once per event."""
-        here = not isinstance(self.event, MessageEvent) or self.room == current_room
+        here = self.kind != "message" or self.room == current_room
         if here:
             if self._text_here is None:
                 self._text_here = text_render.render(self.event, current_room=self.room).encode()

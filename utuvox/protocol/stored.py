@@ -45,7 +45,7 @@ def upgrade(version: int, data: dict[str, Any], *, steps: Mapping[int, Step] | N
     return data
 
 
-def load_event(version: int, body: str) -> Any:
+def load_event(version: int, body: str | bytes) -> Any:
     """The event a stored room body of ``version`` holds, as today's model."""
     if version == CURRENT_VERSION:
         return SERVER_FRAME.validate_json(body)  # the usual case, without a detour through a dict

@@ -154,7 +154,7 @@ class GroupCommit(Generic[C]):
         self.committed_ops += len(batch)
         for item, (result, error) in zip(batch, outcomes, strict=True):
             try:
-                item.on_done(result, error)
+                item.on_done(0 if result is None and item.row is not None else result, error)
             except Exception:
                 # A failing callback must not stop the committer: every later writer would hang.
                 log.exception("commit callback failed")
@@ -174,13 +174,12 @@ class GroupCommit(Generic[C]):
 
     def submit_event(self, event: StoredEvent, on_commit: CommitCallback) -> None:
         """Queue a room event as a history row (numbered inside the commit: its ``seq`` is ignored)."""
-        self.submit(None, lambda seq, error: on_commit(seq or 0, error),
-                    (event.room_id, 0, event.ts, event.type, event.user, event.body, event.version))
+        self.submit(None, on_commit, event)  # (a failed row's callback is given 0, see _commit_once)
 
     def submit(self, op: Callable[[C], Any] | None, on_done: Callable[[Any, BaseException | None], None],
                row: tuple[Any, ...] | None = None) -> None:
         if self._closed:
-            on_done(None, StoreError("the store is closed"))
+            on_done(None if row is None else 0, StoreError("the store is closed"))
             return
         self._pending.append(Pending(op, on_done, row))
         if len(self._pending) == 1:

@@ -1,13 +1,14 @@
 """What the chat layer needs from persistence, as a ``typing.Protocol``; one implementation per engine.
 
-Records are plain frozen dataclasses, so nothing above this layer ever sees a database row.
+Records are plain frozen dataclasses (a room event: a named tuple), so nothing above this layer ever
+sees a database row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from utuvox.protocol.stored import CURRENT_VERSION
 
@@ -47,10 +48,11 @@ class RoomRecord:
     topic_ts: float | None = None  # UNIX time the topic was set
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
     """One room event as stored: its sequence number and its JSON form (the same bytes clients got),
-    in the form of schema ``version`` (see :mod:`utuvox.protocol.stored`)."""
+    in the form of schema ``version`` (see :mod:`utuvox.protocol.stored`). A named tuple in the order
+    of the table's columns: one is made for every message, and it is the row the store inserts (a frozen
+    dataclass took three times as long to make, and a copy into a tuple)."""
 
     room_id: int
     seq: int

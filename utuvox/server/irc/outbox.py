@@ -37,16 +37,16 @@ class IrcOutbox(Outbox):
 
     def deliver(self, wire: Wire) -> None:
         if wire.origin is self.session:
-            cls = wire.event.__class__
-            if cls is p.MessageEvent:
+            kind = wire.kind
+            if kind == "message":
                 if self._own is None:
                     self._own = {}
-                self._own[(wire.room or "", wire.event.seq)] = wire  # type: ignore[attr-defined]
+                self._own[(wire.room or "", wire.seq)] = wire
                 return
-            if cls is p.PrivateMessage:
+            if kind == "msg":
                 self.own_private = wire  # the IRC state echoes it, labeled, if asked to
                 return
-            if cls is p.TopicEvent:
+            if kind == "topic":
                 return  # the IRC state answers its own TOPIC
         # The bytes are counted at the event's JSON size, known already: the IRC line is rendered later,
         # once per set of capabilities, and is about as long (the tags of server-time and msgid against the
@@ -127,10 +127,10 @@ class IrcOutbox(Outbox):
     def _render_wire(self, item: Wire) -> bytes:
         """An event's line(s) for this reader; b"" for what it does not show."""
         flags = self.flags
+        if item.kind == "message":
+            return item.irc(flags)
         event = item.event
         cls = event.__class__
-        if cls is p.MessageEvent:
-            return item.irc(flags)
         if cls in (p.PrivateMessage, p.RoomDeleted, p.Notice):
             if cls is p.RoomDeleted:
                 part = format_line("PART", render.channel(event.room), "Room deleted",  # type: ignore[attr-defined]
