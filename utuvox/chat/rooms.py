@@ -25,6 +25,7 @@ class Room:
     name: str
     delivered: int  # the last sequence number published to this node's members
     recent_max: int
+    key: str = field(init=False)  # the name in lower case: how rooms are found and followed
     recent: deque[Wire] = field(init=False)  # the newest events, as they went out
     loaded: bool = False  # whether `recent` holds everything up to the newest event
     load_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -38,15 +39,10 @@ class Room:
     topic_ts: float | None = None
 
     def __post_init__(self) -> None:
+        self.key = self.name.lower()  # a room keeps its name: read on every event, made once
         self.recent = deque(maxlen=self.recent_max)
         self.known = max(self.known, self.delivered)
 
-    @property
-    def key(self) -> str:
-        return self.name.lower()
-
-    def remember(self, wire: Wire) -> None:
-        self.recent.append(wire)
 
     def merge_loaded(self, wires: list[Wire]) -> None:
         """Fold events read from the store into the cache: anything published while they were being

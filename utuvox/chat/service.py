@@ -493,8 +493,11 @@ class Chat:
 
     def publish(self, room: Room, wire: Wire) -> None:
         """A committed room event, in seq order: remembered for joins and recent pages, and sent out."""
-        room.remember(wire)
-        self.publish_once(room, wire)
+        room.recent.append(wire)
+        self.bus.publish(room.key, wire)  # (publish_once, unrolled: this runs for every event)
+        if self._taps:
+            for session in self.tapping(room.key):
+                session.peer.deliver(wire)
 
     def publish_once(self, room: Room, wire: Wire) -> None:
         """Send an event to the room's members and to the operators tailing it."""
@@ -812,8 +815,12 @@ class Chat:
             session.write_settled()
 
         def committed(seq: int, error: BaseException | None) -> None:
-            if ticket == session.writes_settled and session not in self._held:
-                answer(seq, error)  # the next answer due (always so on one node): hold would call it at once
+            if error is None and ticket == session.writes_settled and session not in self._held:
+                # The next answer due (always so on one node; hold would answer it at once): answer's
+                # first case, unrolled, as this runs for every message.
+                self.messages_sent += 1
+                peer.acknowledge(req, room.name, seq)
+                session.write_settled()
             else:
                 self.hold(session, ticket, partial(answer, seq, error))
 
