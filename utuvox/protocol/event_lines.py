@@ -36,7 +36,8 @@ class _Clock:
         if second != self.second:
             self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self.second = second
-        return f"{self.prefix}.{fraction:06d}Z" if fraction else self.prefix + "Z"
+        # (str() of a seven-digit number, not a format spec: a third cheaper, and this runs per message)
+        return f"{self.prefix}.{str(1_000_000 + fraction)[1:]}Z" if fraction else self.prefix + "Z"
 
 
 _clock = _Clock()
@@ -48,18 +49,21 @@ def now_micros() -> int:
     return time.time_ns() // 1000
 
 
-def message(micros: int, room: str, user: str, text: str, *, nick: str | None = None, guest: bool | None = None,
-            bot: bool | None = None, action: bool | None = None, notice: bool | None = None,
-            tags: dict[str, str] | None = None) -> bytes:
+def message(micros: int, room: str, user: str, text: str, face: dict[str, Any], action: bool | None = None,
+            notice: bool | None = None, tags: dict[str, str] | None = None) -> bytes:
     """The JSON line (newline included) of a room message event numbered 0 (the store numbers it in
-    place), fields that are ``None`` left out, in the model's field order."""
+    place), in the model's field order, fields that are ``None`` left out. ``face`` holds the sender's
+    ``nick``, ``guest`` and ``bot`` where set (see ``Session.face``); the arguments are positional
+    because keywords cost more than the rest of the call."""
     line = f'{{"type":"message","ts":"{stamp(micros)}","room":{quote(room)},"seq":0,"user":{quote(user)}'
-    if nick is not None:
-        line += ',"nick":' + quote(nick)
-    if guest is not None:
-        line += ',"guest":true' if guest else ',"guest":false'
-    if bot is not None:
-        line += ',"bot":true' if bot else ',"bot":false'
+    if face:
+        nick, guest, bot = face.get("nick"), face.get("guest"), face.get("bot")
+        if nick is not None:
+            line += ',"nick":' + quote(nick)
+        if guest is not None:
+            line += ',"guest":true' if guest else ',"guest":false'
+        if bot is not None:
+            line += ',"bot":true' if bot else ',"bot":false'
     line += ',"text":' + quote(text)
     if action is not None:
         line += ',"action":true' if action else ',"action":false'

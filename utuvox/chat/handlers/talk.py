@@ -33,8 +33,8 @@ async def message(call: Call, req: p.Message) -> None:
     # The event goes straight to its JSON line: everything in it is validated already (the request's
     # text and tags, the session's names), and the model is made later only if a reader needs one.
     micros = event_lines.now_micros()
-    line = event_lines.message(micros, room.name, me.name, req.text, **session.face(),
-                               action=req.action or None, notice=req.notice or None, tags=req.tags)
+    line = event_lines.message(micros, room.name, me.name, req.text, session.face(), req.action or None,
+                               req.notice or None, req.tags)
     chat.write(session, room, line, micros / 1_000_000, req)
     return None
 
