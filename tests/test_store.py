@@ -66,6 +66,30 @@ async def test_events_are_numbered_in_the_commit_and_a_failing_write_fails_alone
     assert await store.get_room("gone") is None
 
 
+async def test_a_lone_row_that_fails_takes_no_number_and_leaves_the_rest_of_its_commit(store: Any) -> None:
+    # A history row alone between two operations is inserted on its own (a lone message's commit, the
+    # usual one): when it fails, only it is undone.
+    general = await store.create_room("general", "bob")
+    gone = await store.create_room("gone", "bob")
+    commits = store.commits
+    outcomes: Outcomes = {}
+    done = trio.Event()
+    make = recorder(outcomes, 3, done)
+    failures: list[BaseException | None] = []
+    store.submit_event(event(general.id, "g1"), make(1))
+    store.submit(lambda c: c.execute(f"DELETE FROM rooms WHERE id = {gone.id}"), lambda _r, e: failures.append(e))
+    store.submit_event(event(gone.id, "lost"), make(2))
+    store.submit(lambda c: c.execute("SELECT 1"), lambda _r, e: failures.append(e))
+    store.submit_event(event(general.id, "g2"), make(3))
+    await done.wait()
+    assert outcomes[1] == (1, None) and outcomes[3] == (2, None)
+    assert outcomes[2][0] == 0 and outcomes[2][1] is not None
+    assert failures == [None, None] and store.commits == commits + 1
+    rows = await store.history(general.id, before=None, limit=10)
+    assert [r.seq for r in rows] == [1, 2]
+    assert await store.history(gone.id, before=None, limit=10) == []
+
+
 async def test_a_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "db"
     conn = sqlite3.connect(path)

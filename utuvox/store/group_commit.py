@@ -89,27 +89,45 @@ class GroupCommit(Generic[C]):
         thread commits it)."""
         return self._commit_sync(batch)
 
+    def _commit_here(self, batch: list[Pending[C]]) -> list[Outcome] | None:
+        """The batch committed right here on the event loop, if the engine says it is small enough and
+        nothing else holds the connection; else None (and :meth:`_commit_batch` commits it)."""
+        if not self._thread.running or not self._inline(batch):
+            return None
+        limiter = self._writes  # shared with opening and closing the engine's connection
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return None
+        try:
+            start = time.perf_counter()
+            outcomes = self._commit_inline(batch)
+            self._inline_took(time.perf_counter() - start)
+            return outcomes
+        finally:
+            limiter.release()
+
     async def _commit_batch(self, batch: list[Pending[C]]) -> list[Outcome]:
         """One transaction on the writer thread: the committer's own (see writer_thread.py) while the
-        committer runs, else (a close after it ended) a worker thread this call awaits. A batch the
-        engine says is small enough is committed right here instead."""
-        limiter = self._writes  # shared with opening and closing the engine's connection
+        committer runs, else (a close after it ended) a worker thread this call awaits."""
+        limiter = self._writes
         try:
             limiter.acquire_nowait()  # free but for those: no trip through the scheduler
         except trio.WouldBlock:
             await limiter.acquire()
         try:
             if self._thread.running:
-                if self._inline(batch):
-                    start = time.perf_counter()
-                    outcomes = self._commit_inline(batch)
-                    self._inline_took(time.perf_counter() - start)
-                    if outcomes is not None:
-                        return outcomes
                 return await self._thread.run(self._commit_sync, batch)
             return await trio.to_thread.run_sync(self._commit_sync, batch)
         finally:
             limiter.release()
+
+    async def _commit_shielded(self, batch: list[Pending[C]]) -> list[Outcome]:
+        # Shielded: once taken from the queue, a batch is committed and its writers told, even if the
+        # committer is being cancelled (else they would wait forever).
+        with trio.CancelScope(shield=True):
+            return await self._commit_batch(batch)
+        raise AssertionError("a shielded scope cannot end early")
 
     def _committed(self) -> None:
         """Runs in the event loop after each batch's callbacks (for an engine that tells others)."""
@@ -146,10 +164,9 @@ class GroupCommit(Generic[C]):
             self._space.unpark_all()
         if not batch:
             return
-        # Shielded: once taken from the queue, a batch is committed and its writers told, even if the
-        # committer is being cancelled (else they would wait forever).
-        with trio.CancelScope(shield=True):
-            outcomes = await self._commit_batch(batch)
+        outcomes = self._commit_here(batch)  # (no await: nothing to shield)
+        if outcomes is None:
+            outcomes = await self._commit_shielded(batch)
         self.commits += 1
         self.committed_ops += len(batch)
         for item, (result, error) in zip(batch, outcomes, strict=True):

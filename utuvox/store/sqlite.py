@@ -79,6 +79,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         self._checkpoint = WriterThread("SqliteStore-checkpoints", nice=10)
         self._commits_since_checkpoint = trio.Event()  # set by each commit, renewed by each checkpoint
         self._writer: sqlite3.Connection | None = None
+        self._waits_for_locks = True  # the writer's busy timeout is BUSY_TIMEOUT_MS (else 0)
         # Each room's last sequence number, numbered inside the commit (only the writer thread touches it;
         # a room is read from the table the first time a batch writes to it).
         self._last_seq: dict[int, int] = {}
@@ -127,6 +128,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         # disk. They run on their own connection and thread instead (see _checkpoints).
         conn.execute("PRAGMA wal_autocheckpoint=0")
         self._writer = conn
+        self._waits_for_locks = True  # (as every connection starts, see _connect)
         for _ in range(self._read_threads):
             reader = self._connect()
             reader.execute("PRAGMA query_only=ON")
@@ -141,6 +143,8 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         async with self._writes:  # not while a commit runs
             writer, self._writer = self._writer, None
         if writer is not None:
+            # The last connection to close folds the WAL into the database: it may wait for a reader.
+            self._wait_for_locks(writer, True)
             await trio.to_thread.run_sync(writer.close)
         for conn in [*self._idle_readers, *([self._checkpointer] if self._checkpointer else [])]:
             conn.close()
@@ -219,15 +223,20 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         out the busy timeout there."""
         conn = self._writer
         assert conn is not None
-        conn.execute("PRAGMA busy_timeout=0")
+        self._wait_for_locks(conn, False)
         try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:  # locked (or the disk refuses): the thread will see
-                return None
-            return self._commit_sync(batch, begun=True)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # locked (or the disk refuses): the thread will see
+            return None
+        return self._commit_sync(batch, begun=True)
+
+    def _wait_for_locks(self, conn: sqlite3.Connection, wait: bool) -> None:
+        """The writer's busy timeout: none for a commit on the event loop, which never waits for a lock,
+        the full one for everything on the writer thread. Set only when it changes: two PRAGMAs around
+        every commit cost a fifth of a small one."""
+        if self._waits_for_locks is not wait:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS if wait else 0}")
+            self._waits_for_locks = wait
 
     def _commit_sync(self, batch: list[Pending[sqlite3.Connection]], begun: bool = False) -> list[Outcome]:
         conn = self._writer
@@ -237,6 +246,7 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         numbers: dict[int, int] = {}
         try:
             if not begun:
+                self._wait_for_locks(conn, True)
                 conn.execute("BEGIN IMMEDIATE")
             i, n = 0, len(batch)
             while i < n:
@@ -249,6 +259,12 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
                 j = i
                 while j < n and batch[j].row is not None:
                     j += 1
+                if j - i == 1:
+                    # One row (every lone message): a failed INSERT undoes only itself, as every SQLite
+                    # statement does, so it needs no savepoint.
+                    outcomes.append(self._insert_one(conn, batch[i], numbers))
+                    i = j
+                    continue
                 run = batch[i:j]
                 before = dict(numbers)
                 rows = [self._number(conn, numbers, item.row) for item in run]  # type: ignore[arg-type]
@@ -277,6 +293,17 @@ class SqliteStore(SqlStore[sqlite3.Connection]):
         for room_id in forget:
             self._last_seq.pop(room_id, None)
         return outcomes
+
+    def _insert_one(self, conn: sqlite3.Connection, item: Pending[sqlite3.Connection],
+                    numbers: dict[int, int]) -> Outcome:
+        assert item.row is not None
+        row = self._number(conn, dict(numbers), item.row)  # (the number counts only once the row is in)
+        try:
+            conn.execute(INSERT_EVENT, row)
+        except sqlite3.IntegrityError as exc:
+            return None, Conflict(str(exc))
+        numbers[row[0]] = row[1]
+        return row[1], None
 
     def _run_one(self, conn: sqlite3.Connection, item: Pending[sqlite3.Connection],
                  numbers: dict[int, int]) -> Outcome:
