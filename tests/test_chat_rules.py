@@ -134,6 +134,22 @@ async def test_a_member_whose_delivery_fails_costs_nobody_else_the_message(store
         assert alice.writes_settled == alice.writes_started == 1
 
 
+async def test_a_room_remembers_messages_as_sent_without_holding_on_to_their_sessions(
+        store: Store, tmp_path: Path) -> None:
+    async with chat_on(store, tmp_path) as chat:
+        [(alice, alice_peer), (bob, bob_peer)] = await in_room(chat, "lobby", "alice", "bob")
+        await chat.handle(alice, p.Message(id=1, text="hello", action=True))
+        await settled(alice_peer, "ok")
+        [got] = await settled(bob_peer, "message")
+        remembered = [w for w in chat.room("lobby").recent if w.kind == "message"]
+        # A session that left must not stay in memory for as long as what it said does.
+        assert [w.origin for w in remembered] == [None]
+        assert remembered[0].event == got and (got.user, got.text, got.action) == ("alice", "hello", True)
+        # What a join shows is what the members got.
+        joined = await chat.handle(bob, p.Join(id="again", room="lobby"))
+        assert isinstance(joined, p.Joined) and joined.history[-1] == got
+
+
 async def test_deleting_a_room_tells_its_members_forgets_it_and_runs_the_hooks(store: Store, tmp_path: Path) -> None:
     deleted: list[str] = []
 

@@ -493,7 +493,7 @@ class Chat:
 
     def publish(self, room: Room, wire: Wire) -> None:
         """A committed room event, in seq order: remembered for joins and recent pages, and sent out."""
-        room.recent.append(wire)
+        room.recent.append(wire.kept())
         self.bus.publish(room.key, wire)  # (publish_once, unrolled: this runs for every event)
         if self._taps:
             for session in self.tapping(room.key):

@@ -87,6 +87,13 @@ class Wire:
         wire._framed = None
         return wire
 
+    def kept(self) -> Wire:
+        """This wire as a room's memory of recent events keeps it: without the session that made it,
+        which would otherwise stay in memory as long as the event does."""
+        if self.origin is None:
+            return self
+        return self._made(self._event, self.kind, self.room, self.seq, self.json, None)
+
     @property
     def event(self) -> Event:
         """The event's model (made from the JSON line the first time, for a wire made by :meth:`line`)."""
