@@ -11,7 +11,9 @@ from typing import Protocol
 
 from utuvox.protocol import Event, json_codec, text_render
 from utuvox.protocol.irc import render as irc_render
-from utuvox.protocol.stored import CURRENT_VERSION, load_event
+from utuvox.protocol.schema import SERVER_BY_TYPE
+
+_EVENT_MODELS: dict[str, type[Event]] = {kind: m for kind, m in SERVER_BY_TYPE.items() if issubclass(m, Event)}
 
 
 class Origin(Protocol):
@@ -99,7 +101,9 @@ class Wire:
         """The event's model (made from the JSON line the first time, for a wire made by :meth:`line`)."""
         event = self._event
         if event is None:
-            event = self._event = load_event(CURRENT_VERSION, self.json)
+            # The line is of today's schema and its type is known: its model validates it directly
+            # (the union would parse it into a tree first).
+            event = self._event = _EVENT_MODELS[self.kind].model_validate_json(self.json)
         return event
 
     def framed(self, frame: Callable[[bytes], bytes]) -> bytes:
