@@ -446,3 +446,36 @@ async def test_a_pong_follows_the_messages_before_its_ping_and_precedes_those_af
         page = await json.request("history", room="lobby", limit=200)
         texts = [e["text"] for e in page["events"] if e["type"] == "message"]
         assert texts == [t for t in expected if not t.startswith("PONG")]
+
+
+async def test_an_action_is_a_ctcp_action_on_irc_and_an_action_everywhere_else(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as server:
+        json = await JsonLines.connect(server.tcp_port)
+        await json.request("register", username="val", password="pw")
+        await json.request("create", room="lobby")
+        text = await TextLines.connect(server.tcp_port)
+        await text.send("/register tex pw-tex")
+        await text.send("/join lobby")
+        await text.expect("You joined room 'lobby'")
+        ircer = await RawIrc.connect(server.irc_port)
+        await ircer.send("CAP REQ :echo-message")
+        assert " 001 " in await ircer.register("carol", "CAP END")
+        await ircer.send("JOIN #lobby")
+        await ircer.expect(" 366 ")
+        # /me from IRC: an action for JSON and text mode, the same CTCP ACTION back to its sender
+        await ircer.send("PRIVMSG #lobby :\x01ACTION waves at everyone\x01")
+        event = await json.recv_until(lambda f: f.get("type") == "message")
+        assert (event["user"], event["text"], event.get("action")) == ("carol", "waves at everyone", True)
+        await text.expect("* carol waves at everyone")
+        echo = await ircer.expect(lambda t: " PRIVMSG #lobby " in t)
+        assert parse(echo).params[1] == "\x01ACTION waves at everyone\x01"
+        # /me from JSON reaches IRC as a CTCP ACTION; an ordinary message does not
+        await json.request("message", room="lobby", text="nods", action=True)
+        await json.request("message", room="lobby", text="just text")
+        assert parse(await ircer.expect(":val!")).params[1] == "\x01ACTION nods\x01"
+        assert parse(await ircer.expect(":val!")).params[1] == "just text"
+        # a NOTICE is never an action, whatever it holds
+        await ircer.send("NOTICE #lobby :\x01ACTION is not an action\x01")
+        event = await json.recv_until(lambda f: f.get("type") == "message" and f.get("user") == "carol")
+        assert (event["text"], event.get("action"), event.get("notice")) == (
+            "\x01ACTION is not an action\x01", None, True)

@@ -43,7 +43,6 @@ class Room:
         self.recent = deque(maxlen=self.recent_max)
         self.known = max(self.known, self.delivered)
 
-
     def merge_loaded(self, wires: list[Wire]) -> None:
         """Fold events read from the store into the cache: anything published while they were being
         read is already in it, so keep one of each sequence number, in order."""

@@ -88,12 +88,29 @@ def tags_for(event: Event, flags: int, mid: str | None = None) -> dict[str, str]
     return tags
 
 
-def _text_lines(command: str, target: str, text: str, source: str, tags: dict[str, str]) -> str:
+ACTION_START, ACTION_END = "\x01ACTION ", "\x01"  # CTCP ACTION: what IRC clients send and show for /me
+
+
+def action_text(text: str) -> str | None:
+    """The action in a CTCP ACTION (``\\x01ACTION waves\\x01``; some clients leave out the closing
+    ``\\x01``), or None if ``text`` is not one."""
+    if not text.startswith(ACTION_START):
+        return None
+    return text[len(ACTION_START):].removesuffix(ACTION_END)
+
+
+def _text_lines(command: str, target: str, text: str, source: str, tags: dict[str, str],
+                action: bool = False) -> str:
     """A message as IRC lines of at most 512 bytes: a long one (from another transport, where messages
-    may be 4000 characters) is split at character boundaries; the first line carries the msgid."""
+    may be 4000 characters) is split at character boundaries; the first line carries the msgid. An
+    action is sent as a CTCP ACTION, each line one of its own."""
     room = MAX_LINE - len(source.encode()) - len(command) - len(target.encode()) - 7
+    if action:
+        room -= len(ACTION_START) + len(ACTION_END)
     data = text.encode()
     if len(data) <= room or room < 16:
+        if action:
+            text = ACTION_START + text + ACTION_END
         if not tags:  # the common line, made without format_line's general case
             if not text or text[0] == ":" or " " in text:
                 return f":{source} {command} {target} :{text}\r\n"
@@ -105,8 +122,10 @@ def _text_lines(command: str, target: str, text: str, source: str, tags: dict[st
         cut = min(room, len(data))
         while cut < len(data) and (data[cut] & 0xC0) == 0x80:  # not inside a UTF-8 sequence
             cut -= 1
-        chunk, data = data[:cut], data[cut:]
-        lines.append(format_line(command, target, chunk.decode(), source=source, tags=tags if not lines else rest_tags))
+        chunk, data = data[:cut].decode(), data[cut:]
+        if action:
+            chunk = ACTION_START + chunk + ACTION_END
+        lines.append(format_line(command, target, chunk, source=source, tags=tags if not lines else rest_tags))
     return "".join(lines)
 
 
@@ -124,7 +143,8 @@ def event_line(ev: Event, flags: int, source: str | None = None, *, to: str | No
         if extra:
             tags.update(extra)
         command = "NOTICE" if ev.notice else "PRIVMSG"
-        return _text_lines(command, channel(ev.room), clean(ev.text), source or event_prefix(ev), tags)
+        return _text_lines(command, channel(ev.room), clean(ev.text), source or event_prefix(ev), tags,
+                           bool(ev.action))
     if isinstance(ev, core.JoinEvent):
         src = source or event_prefix(ev)
         tags = tags_for(ev, flags, msgid(ev.room, ev.seq))
