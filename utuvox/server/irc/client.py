@@ -878,7 +878,7 @@ class IrcClient:
             return
         # Only the fields that are set: validating a None costs as much as a value.
         fields: dict[str, object] = {"text": text}
-        if not notice and (action := render.action_text(text)) is not None:
+        if not notice and (action := render.action_text(text)):  # (an empty one stays as it came)
             # /me: an action, as every other transport has it ("* carol waves"), not CTCP bytes in a text
             fields["text"], fields["action"] = action, True
         if room.name != self.session.current_room:  # else the request's room is the current one
