@@ -58,19 +58,7 @@ class Wire:
     def line(cls, kind: str, room: str, seq: int, json: bytes, origin: Origin | None = None) -> Wire:
         """A wire for the room event whose JSON line (of today's schema) is ``json``: its model is made
         from the line when first asked for."""
-        wire = cls.__new__(cls)  # (_made, unrolled: one of these is made for every message)
-        wire._event = None
-        wire.kind = kind
-        wire.seq = seq
-        wire.origin = origin
-        wire._irc = None
-        wire.irc_flags = -1
-        wire.irc_data = b""
-        wire.room = room
-        wire.json = json
-        wire._text_here = wire._text_there = None
-        wire._framed = None
-        return wire
+        return cls._made(None, kind, room, seq, json, origin)
 
     @classmethod
     def _made(cls, event: Event | None, kind: str, room: str | None, seq: int, json: bytes,
