@@ -3,7 +3,7 @@
 Every room message a server takes in becomes one ``message`` event, stored and sent to every member as
 the same JSON line. Building the :class:`~utuvox.protocol.core.MessageEvent` model and encoding it costs
 more than the rest of the message's way through the chat layer; writing the line directly from values
-that were validated already (the request's text and tags, the session's names) costs a fifth of that.
+that were validated already (the request's text and tags, the session's names) costs a quarter of that.
 The line is byte for byte what the model would encode (tests/test_event_lines.py holds the two together),
 and the model is made from it later, only where a reader needs one (IRC, text mode, a join's history).
 """
