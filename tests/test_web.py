@@ -257,6 +257,13 @@ def test_two_browsers_and_the_sdk_share_a_room(pages: Callable[..., Page], web_s
         assert alice.log.locator("img").count() == 0 and bob.log.locator("img").count() == 0
         assert f"try this {XSS}" in alice.texts()
 
+        # /me is an action, shown as one by every client; an action from elsewhere shows the same way.
+        alice.say("/me waves")
+        assert sdk.wait_for(lambda e: e.type == "message" and e.action).text == "waves"
+        expect(bob.log.locator(".action").last).to_have_text(re.compile(r"\* alice waves$"))
+        sdk.run(sdk.client.message, "nods", "lobby", action=True)
+        expect(alice.log.locator(".action").last).to_have_text(re.compile(r"\* helper nods$"))
+
         # People: the members of the room, a bot marked as one.
         people = alice.page.get_by_role("list", name="People")
         expect(people.get_by_role("button", name=re.compile(r"helper.*bot"))).to_be_visible()

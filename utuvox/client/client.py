@@ -254,10 +254,11 @@ class Client:
         """Leave ``room`` (default: the current room)."""
         return await self.call(p.Leave(room=room), p.Left)
 
-    async def message(self, text: str, room: str | None = None) -> p.Ok:
-        """Say ``text`` in ``room`` (default: the current room). Returns once the server has stored it;
-        the reply carries the message's ``seq``. The message also comes back as an event."""
-        return await self.call(p.Message(text=text, room=room), p.Ok)
+    async def message(self, text: str, room: str | None = None, *, action: bool = False) -> p.Ok:
+        """Say ``text`` in ``room`` (default: the current room); ``action`` makes it an action, IRC's
+        ``/me`` ("* alice waves"). Returns once the server has stored it; the reply carries the message's
+        ``seq``. The message also comes back as an event."""
+        return await self.call(p.Message(text=text, room=room, action=action or None), p.Ok)
 
     async def msg(self, to: str, text: str) -> p.Ok:
         """Send a private message to every session of user ``to``."""

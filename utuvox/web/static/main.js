@@ -587,7 +587,10 @@ $("composer").addEventListener("submit", async (submit) => {
   box.value = "";
   resize();
   try {
-    if (view.kind === "room") {
+    const action = view.kind === "room" ? text.match(/^\/me\s+(\S[\s\S]*)$/) : null;
+    if (action) {  // /me waves: an action, as in text mode and on IRC
+      await state.client.request({ type: "message", room: view.name, text: action[1], action: true });
+    } else if (view.kind === "room") {
       await state.client.request({ type: "message", room: view.name, text });
     } else {
       await state.client.request({ type: "msg", to: view.name, text });

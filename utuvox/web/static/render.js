@@ -90,6 +90,10 @@ export function eventNode(event, actions) {
   switch (event.type) {
     case "message":
     case "msg":
+      if (event.action) {  // /me: "* alice waves"
+        return line("msg action", "* ", el("span", { class: "who" }, event.user), " ",
+          el("span", { class: "text" }, linkify(event.text)));
+      }
       return line("msg", el("span", { class: "who" }, event.user), " ",
         el("span", { class: "text" }, linkify(event.text)));
     case "join":
