@@ -494,10 +494,7 @@ class Chat:
     def publish(self, room: Room, wire: Wire) -> None:
         """A committed room event, in seq order: remembered for joins and recent pages, and sent out."""
         room.recent.append(wire.kept())
-        self.bus.publish(room.key, wire)  # (publish_once, unrolled: this runs for every event)
-        if self._taps:
-            for session in self.tapping(room.key):
-                session.peer.deliver(wire)
+        self.publish_once(room, wire)
 
     def publish_once(self, room: Room, wire: Wire) -> None:
         """Send an event to the room's members and to the operators tailing it."""
@@ -509,31 +506,17 @@ class Chat:
     def record(self, room: Room, event: p.MessageEvent | p.JoinEvent | p.LeaveEvent | p.FileEvent,
                on_done: Callable[[int, BaseException | None], None] | None = None,
                origin: Session | None = None) -> None:
-        """Queue a room event (made with ``seq=0``, for this call only: it is given its number in place)
-        for commit. The store numbers it; once durable it is remembered and published in seq order, then
-        ``on_done(seq, None)`` runs (or ``on_done(0, error)`` and nothing is published). ``origin`` is the
-        session whose request made it."""
-        line = json_codec.encode(event)
-
-        def committed(seq: int, error: BaseException | None) -> None:
-            if error is not None or room.deleted:
-                if on_done is not None:
-                    on_done(seq, error)
-                return
-            # The event is made for this call and nobody else holds it until it is published: it is
-            # numbered in place rather than copied (a copy of a frozen model costs more than the rest of
-            # this callback).
-            event.__dict__["seq"] = seq
-            wire = Wire.encoded(event, line.replace(b',"seq":0,', b',"seq":%d,' % seq, 1), origin)
-            self.delivery.committed(room, seq, wire, on_done or _nothing)
-
-        self.store.submit_event(StoredEvent(room.id, 0, event.ts.timestamp(), event.type, event.user,
-                                            line[:-1].decode()), committed)
+        """Queue a room event (made with ``seq=0``) for commit: :meth:`record_line` with its JSON line."""
+        self.record_line(room, event.type, event.user, event.ts.timestamp(), json_codec.encode(event),
+                         on_done or _nothing, origin)
 
     def record_line(self, room: Room, kind: str, user: str, ts: float, line: bytes,
                     on_done: Callable[[int, BaseException | None], None], origin: Session | None = None) -> None:
-        """:meth:`record` for an event given as its JSON line alone (numbered 0, of today's schema, made
-        by :mod:`utuvox.protocol.event_lines`): no model is made unless a reader needs one."""
+        """Queue a room event, given as its JSON line (numbered 0, of today's schema; a message's is made by
+        :mod:`utuvox.protocol.event_lines`), for commit. The store numbers it; once durable it is remembered
+        and published in seq order, then ``on_done(seq, None)`` runs (or ``on_done(0, error)`` and nothing
+        is published). ``origin`` is the session whose request made it. No model is made unless a reader
+        needs one."""
 
         def committed(seq: int, error: BaseException | None) -> None:
             if error is not None or room.deleted:
